@@ -1,0 +1,119 @@
+"""The op vocabulary: one record per primitive, read by the compiler, the printer, the hasher and the exporter.
+
+Keeping every fact about an op in one registry means the compiled layer, the printed formula and the
+generated export code can never drift apart.
+
+Element-wise ops never raise and never hide a blow-up: ``div`` is plain IEEE division (Inf/NaN propagate so
+the evaluator can see and reject them), while the sign-preserving ``log`` and ``sqrt`` return 0 with gradient
+0 at exactly 0 (the double-``where`` trick), where the raw formula has no finite value.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, Optional
+
+import torch
+
+__all__ = ["Op", "OPS", "AXES", "STATS", "get_op", "op_names", "PAPER_OPS", "S_SERIES_OPS"]
+
+AXES = ("batch", "layer", "instance", "group")
+STATS = ("mean", "std", "rms")
+
+
+def signed_log(a: torch.Tensor) -> torch.Tensor:
+    """sign(a) * ln|a|, 0 (with gradient 0) at a == 0."""
+    zero = a == 0
+    safe = torch.where(zero, torch.ones_like(a), a)
+    return torch.where(zero, torch.zeros_like(a), torch.sign(safe) * torch.log(torch.abs(safe)))
+
+
+def signed_sqrt(a: torch.Tensor) -> torch.Tensor:
+    """sign(a) * sqrt|a|, 0 (with gradient 0) at a == 0."""
+    zero = a == 0
+    safe = torch.where(zero, torch.ones_like(a), a)
+    return torch.where(zero, torch.zeros_like(a), torch.sign(safe) * torch.sqrt(torch.abs(safe)))
+
+
+@dataclass(frozen=True)
+class Op:
+    """One primitive.
+
+    ``fn`` computes an element-wise op; aggregates carry ``axes`` and ``stat`` instead and are computed by
+    ``primitives.stats``. ``code`` is the torch expression the exporter writes (``{0}``, ``{1}`` are the
+    inputs); ``formula`` prints the op, ``prec`` is its binding strength for parentheses (higher binds
+    tighter; infix ops only).
+    """
+
+    name: str
+    arity: int
+    commutative: bool
+    formula: str
+    fn: Optional[Callable[..., torch.Tensor]] = None
+    code: Optional[str] = None
+    prec: int = 100
+    axes: Optional[str] = None
+    stat: Optional[str] = None
+
+    @property
+    def is_aggregate(self) -> bool:
+        return self.axes is not None
+
+    @property
+    def uses_batch_stats(self) -> bool:
+        return self.axes == "batch"
+
+    def format(self, *args: str) -> str:
+        return self.formula.format(*args)
+
+
+def _elementwise() -> list[Op]:
+    return [
+        Op("add", 2, True, "{0} + {1}", torch.add, "{0} + {1}", prec=1),
+        Op("mul", 2, True, "{0} * {1}", torch.mul, "{0} * {1}", prec=2),
+        Op("div", 2, False, "{0} / {1}", torch.div, "{0} / {1}", prec=2),
+        Op("max", 2, True, "max({0}, {1})", torch.maximum, "torch.maximum({0}, {1})"),
+        Op("neg", 1, False, "-{0}", torch.neg, "-{0}", prec=3),
+        Op("sigmoid", 1, False, "sigmoid({0})", torch.sigmoid, "torch.sigmoid({0})"),
+        Op("tanh", 1, False, "tanh({0})", torch.tanh, "torch.tanh({0})"),
+        Op("exp", 1, False, "exp({0})", torch.exp, "torch.exp({0})"),
+        Op("log", 1, False, "log({0})", signed_log, "signed_log({0})"),
+        Op("abs", 1, False, "abs({0})", torch.abs, "torch.abs({0})"),
+        Op("square", 1, False, "square({0})", torch.square, "torch.square({0})"),
+        Op("sqrt", 1, False, "sqrt({0})", signed_sqrt, "signed_sqrt({0})"),
+    ]
+
+
+def _aggregates() -> list[Op]:
+    return [
+        Op(f"{stat}_{axes}", 1, False, f"{stat}_{axes}({{0}})", axes=axes, stat=stat)
+        for stat in STATS
+        for axes in AXES
+    ]
+
+
+OPS: dict[str, Op] = {op.name: op for op in _elementwise() + _aggregates()}
+
+# The paper's search space (Table 1): every element-wise op and every aggregate.
+PAPER_OPS: tuple[str, ...] = tuple(OPS)
+# The S-series search space: no batch statistics, so the layer is batch-independent.
+S_SERIES_OPS: tuple[str, ...] = tuple(name for name, op in OPS.items() if not op.uses_batch_stats)
+
+
+def _clean(name: str) -> str:
+    return name.strip().lower().replace("-", "_")
+
+
+def get_op(name: str) -> Op:
+    """Look an op up by name (case and dashes ignored); unknown names list the valid ones."""
+    try:
+        return OPS[_clean(name)]
+    except KeyError:
+        raise ValueError(f"unknown op {name!r}; valid ops: {', '.join(OPS)}") from None
+
+
+def op_names(names) -> tuple[str, ...]:
+    """Validate a configured op set and return its canonical names, in the given order."""
+    names = tuple(get_op(n).name for n in names)
+    if not names:
+        raise ValueError("the op set is empty; name at least one op")
+    return names

@@ -1,0 +1,175 @@
+import copy
+import pickle
+import random
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import given, strategies as st
+
+from primitives import PAPER_OPS, LayerGraph, compile_graph, random_graph
+from primitives import ops as ops_module
+
+from .reference import run_graph
+
+S0 = [("n1", "mul", ["v1", "x"]), ("n2", "sigmoid", ["n1"]), ("n3", "mul", ["x", "n2"]),
+      ("n4", "std_group", ["x"]), ("n5", "div", ["n3", "n4"])]
+B0 = [("n1", "std_batch", ["x"]), ("n2", "mul", ["v1", "x"]), ("n3", "std_instance", ["x"]),
+      ("n4", "add", ["n2", "n3"]), ("n5", "max", ["n1", "n4"]), ("n6", "div", ["x", "n5"])]
+
+
+def randomise(layer: torch.nn.Module, seed: int = 0) -> dict:
+    """Draw every parameter and buffer at random (initial values hide bugs); return them as float64 numpy."""
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in layer.parameters():
+            p.copy_(torch.randn(p.shape, generator=gen) * 0.5 + 1.0)
+        for b in layer.buffers():
+            b.copy_(torch.rand(b.shape, generator=gen) + 0.5)
+    params = {k: v.detach().double().numpy() for k, v in layer.named_parameters()}
+    c = layer.num_features
+    params.setdefault("v0", np.zeros(c))
+    params.setdefault("v1", np.ones(c))
+    return params
+
+
+def graph_of(rows):
+    return LayerGraph.from_nodes(rows)
+
+
+@pytest.mark.parametrize("shape", [(4, 12, 5, 5), (3, 12, 7), (2, 12, 3, 4, 2), (5, 12), (1, 12, 1, 1)])
+@pytest.mark.parametrize("rows", [S0, B0], ids=["s0", "b0"])
+def test_matches_numpy_reference_in_float64(rows, shape):
+    graph = graph_of(rows)
+    layer = compile_graph(graph, 12, groups=4).double()
+    params = randomise(layer)
+    x = torch.randn(shape, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+    expected = run_graph(graph, x.numpy(), params, groups=4)
+    torch.testing.assert_close(layer(x), torch.from_numpy(np.ascontiguousarray(expected)), rtol=1e-10, atol=1e-12)
+
+
+@given(seed=st.integers(0, 10_000), ops=st.sampled_from([PAPER_OPS, ("add", "mul", "div", "std_group", "rms_batch",
+                                                                     "mean_layer", "log", "sqrt", "max")]))
+def test_random_graphs_match_numpy_reference(seed, ops):
+    graph = random_graph(random.Random(seed), ops, num_nodes=8)
+    layer = compile_graph(graph, 6, groups=4).double().train()
+    params = randomise(layer, seed)
+    x = torch.randn(3, 6, 4, 3, dtype=torch.float64, generator=torch.Generator().manual_seed(seed))
+    out = layer(x)
+    assert out.shape == x.shape
+    expected = torch.from_numpy(np.ascontiguousarray(run_graph(graph, x.numpy(), params, groups=4)))
+    torch.testing.assert_close(out, expected, rtol=1e-9, atol=1e-10, equal_nan=True)
+
+
+def test_running_moments_follow_the_official_update_and_serve_eval_mode():
+    graph = graph_of(B0 + [("n7", "rms_batch", ["n6"]), ("n8", "mul", ["n6", "n7"])])
+    layer = compile_graph(graph, 8, momentum=0.1).double()
+    assert sorted(n for n, _ in layer.named_buffers()) == ["running_msq", "running_var"]
+    params = randomise(layer)
+    var, msq = layer.running_var.clone(), layer.running_msq.clone()
+    gen = torch.Generator().manual_seed(3)
+    for _ in range(3):
+        x = torch.randn(4, 8, 3, 3, dtype=torch.float64, generator=gen) * 2 + 1
+        n6 = torch.from_numpy(np.ascontiguousarray(run_graph(graph_of(B0), x.numpy(), {**params, "weight": np.ones(8),
+                                                                                  "bias": np.zeros(8)})))
+        var = 0.9 * var + 0.1 * x.var(dim=(0, 2, 3), unbiased=False)
+        msq = 0.9 * msq + 0.1 * n6.square().mean(dim=(0, 2, 3))
+        layer(x)
+    torch.testing.assert_close(layer.running_var, var, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(layer.running_msq, msq, rtol=1e-12, atol=1e-12)
+    layer.eval()
+    x = torch.randn(2, 8, 3, 3, dtype=torch.float64, generator=gen)
+    expected = run_graph(graph, x.numpy(), params, running={"n1": var.numpy(), "n7": msq.numpy()})
+    before = layer.running_var.clone()
+    torch.testing.assert_close(layer(x), torch.from_numpy(np.ascontiguousarray(expected)), rtol=1e-10, atol=1e-12)
+    assert torch.equal(layer.running_var, before), "eval mode must not update running statistics"
+
+
+def test_buffers_and_parameters_exist_only_where_the_output_needs_them():
+    graph = LayerGraph()
+    dead = graph.add("std_batch", "v0")
+    graph.add("add", dead, "x")
+    graph.add("mul", "x", "v1")  # the output ignores the batch aggregate and v0
+    layer = compile_graph(graph, 4)
+    assert [n for n, _ in layer.named_parameters()] == ["weight", "bias", "v1"]
+    assert list(layer.named_buffers()) == []
+    affine = compile_graph(graph_of(B0), 4, apply_act=False)
+    assert [n for n, _ in affine.named_parameters()] == ["weight", "bias"] and list(affine.buffers()) == []
+
+
+def test_affine_only_form_is_affine():
+    layer = compile_graph(graph_of(S0), 6, apply_act=False).double()
+    params = randomise(layer)
+    x = torch.randn(2, 6, 3, 3, dtype=torch.float64)
+    torch.testing.assert_close(layer(x), x * torch.from_numpy(params["weight"]).view(1, -1, 1, 1)
+                               + torch.from_numpy(params["bias"]).view(1, -1, 1, 1))
+
+
+def test_each_shared_subexpression_runs_once(monkeypatch):
+    calls = []
+    sigmoid = ops_module.OPS["sigmoid"]
+    monkeypatch.setitem(ops_module.OPS, "sigmoid", ops_module.Op(
+        "sigmoid", 1, False, sigmoid.formula, lambda a: calls.append(1) or torch.sigmoid(a), sigmoid.code))
+    graph = graph_of([("a", "sigmoid", ["x"]), ("b", "sigmoid", ["x"]), ("c", "mul", ["a", "b"]), ("d", "add", ["c", "a"])])
+    compile_graph(graph, 3)(torch.randn(2, 3, 2, 2))
+    assert len(calls) == 1
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("rows", [S0, B0], ids=["s0", "b0"])
+def test_half_precision_inputs_keep_their_dtype_and_track_float32(rows, dtype):
+    layer = compile_graph(graph_of(rows), 32)
+    randomise(layer)
+    x = torch.randn(4, 32, 6, 6)
+    expected = copy.deepcopy(layer)(x)
+    out = layer(x.to(dtype))
+    assert out.dtype == dtype
+    torch.testing.assert_close(out.float(), expected, rtol=2e-2, atol=2e-2)
+    assert layer.running_var.dtype == torch.float32 if rows is B0 else True
+
+
+@pytest.mark.parametrize("rows", [S0, B0], ids=["s0", "b0"])
+def test_channels_last_and_constant_inputs(rows):
+    layer = compile_graph(graph_of(rows), 16)
+    randomise(layer)
+    x = torch.randn(2, 16, 5, 5)
+    torch.testing.assert_close(layer(x.to(memory_format=torch.channels_last)), copy.deepcopy(layer)(x))
+    assert torch.isfinite(layer(torch.full((1, 16, 1, 1), 3.0))).all()
+    assert torch.isfinite(layer(torch.zeros(2, 16, 4, 4))).all()
+
+
+def test_gradcheck_float64():
+    for rows in (S0, B0):
+        layer = compile_graph(graph_of(rows), 4, groups=2).double()
+        randomise(layer)
+        x = torch.randn(3, 4, 2, 3, dtype=torch.float64, requires_grad=True)
+        params = tuple(layer.parameters())
+
+        def fn(x, *p):
+            return torch.func.functional_call(layer, dict(zip([n for n, _ in layer.named_parameters()], p)), (x,))
+
+        assert torch.autograd.gradcheck(fn, (x,) + params)
+
+
+def test_pickle_deepcopy_and_repr():
+    layer = compile_graph(graph_of(B0), 8)
+    randomise(layer)
+    x = torch.randn(2, 8, 3, 3)
+    for clone in (pickle.loads(pickle.dumps(layer)), copy.deepcopy(layer)):
+        torch.testing.assert_close(clone.eval()(x), copy.deepcopy(layer).eval()(x))
+    assert "max(std_batch(x), v1 * x + std_instance(x))" in repr(layer)
+
+
+@pytest.mark.parametrize("shape,match", [((8,), "at least 2 dims, got 1D"), ((2, 5, 3, 3), "expected 8 channels")])
+def test_bad_inputs_raise_clear_errors(shape, match):
+    with pytest.raises(ValueError, match=match):
+        compile_graph(graph_of(S0), 8)(torch.randn(shape))
+
+
+def test_group_fallback_uses_the_largest_divisor():
+    layer = compile_graph(graph_of(S0), 40, groups=32)
+    assert layer.groups == 20
+    params = randomise(layer.double())
+    x = torch.randn(2, 40, 3, 3, dtype=torch.float64)
+    expected = run_graph(graph_of(S0), x.numpy(), params, groups=20)
+    torch.testing.assert_close(layer(x), torch.from_numpy(np.ascontiguousarray(expected)))
