@@ -120,11 +120,13 @@ def test_each_shared_subexpression_runs_once(monkeypatch):
 def test_half_precision_inputs_keep_their_dtype_and_track_float32(rows, dtype):
     layer = compile_graph(graph_of(rows), 32)
     randomise(layer)
-    x = torch.randn(4, 32, 6, 6)
+    x = torch.randn(4, 32, 6, 6, generator=torch.Generator().manual_seed(0))
     expected = copy.deepcopy(layer)(x)
     out = layer(x.to(dtype))
     assert out.dtype == dtype
-    torch.testing.assert_close(out.float(), expected, rtol=2e-2, atol=2e-2)
+    # element-wise ops run in the input dtype: a few roundings of 2^-8 (bf16) or 2^-11 (fp16)
+    tol = 3e-2 if dtype == torch.bfloat16 else 5e-3
+    torch.testing.assert_close(out.float(), expected, rtol=tol, atol=tol)
     assert layer.running_var.dtype == torch.float32 if rows is B0 else True
 
 
