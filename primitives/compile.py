@@ -6,11 +6,19 @@ from torch import nn
 
 from .graph import INPUTS, LayerGraph
 from .ops import get_op
-from .stats import INITIAL_MOMENT, MOMENT_OF, accumulation_dtype, finish, moment, resolve_groups
+from .stats import INITIAL_MOMENT, MOMENT_OF, axis_moment, batch_moment, finish, resolve_groups
 
-__all__ = ["GraphLayer", "compile_graph"]
+__all__ = ["GraphLayer", "compile_graph", "running_buffers"]
 
 _PARAM_INIT = {"v0": 0.0, "v1": 1.0}
+
+
+def running_buffers(graph: LayerGraph) -> dict[str, str]:
+    """The running-moment buffer of each batch aggregate of a pruned graph: ``running_var`` and the like,
+    suffixed with the node id when the graph has several of one kind."""
+    kinds = {node: MOMENT_OF[get_op(op).stat] for node, op, _ in graph.rows() if get_op(op).uses_batch_stats}
+    counts = list(kinds.values())
+    return {node: f"running_{m}" if counts.count(m) == 1 else f"running_{m}_{node}" for node, m in kinds.items()}
 
 
 class GraphLayer(nn.Module):
@@ -54,9 +62,7 @@ class GraphLayer(nn.Module):
     def _make_plan(self, factory_kwargs) -> list[tuple[str, str, tuple[str, ...], str | None, tuple[str, ...]]]:
         """Steps ``(node, op, inputs, running buffer, values to free after it)`` in order."""
         rows = self.graph.rows()
-        batch_nodes = [(node, MOMENT_OF[get_op(op).stat]) for node, op, _ in rows if get_op(op).uses_batch_stats]
-        kinds = [m for _, m in batch_nodes]
-        buffers = {node: f"running_{m}" if kinds.count(m) == 1 else f"running_{m}_{node}" for node, m in batch_nodes}
+        buffers = running_buffers(self.graph)
         for name in buffers.values():
             self.register_buffer(name, torch.empty(self.num_features, **factory_kwargs))
         last_use = {src: i for i, (_, _, inputs) in enumerate(rows) for src in inputs}
@@ -90,18 +96,13 @@ class GraphLayer(nn.Module):
 
     def _aggregate(self, op_name: str, a: torch.Tensor, x: torch.Tensor, buffer: str | None) -> torch.Tensor:
         op = get_op(op_name)
-        if a.shape != x.shape:  # v0, v1, zero or a reduced value: broadcast first, as the DSL defines
-            a = a.expand_as(x)
+        a = a.expand_as(x)  # v0, v1, zero or a reduced value: the DSL aggregates their broadcast to x's shape
         kind = MOMENT_OF[op.stat]
-        if buffer is not None and not self.training:
-            m = getattr(self, buffer).to(accumulation_dtype(x.dtype)).view((1, -1) + (1,) * (x.dim() - 2))
+        if buffer is None:
+            m = axis_moment(a, op.axes, kind, self.groups)
         else:
-            m = moment(a, op.axes, kind, self.groups)
-        if buffer is not None and self.training:
-            with torch.no_grad():
-                running = getattr(self, buffer)
-                running.lerp_(m.detach().reshape(-1).to(running.dtype), self.momentum)
-        return finish(m, op.stat, self.eps, x.dtype)
+            m = batch_moment(a, kind, getattr(self, buffer), self.momentum, self.training)
+        return finish(m, op.stat, self.eps, x)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         self._check_input(x)

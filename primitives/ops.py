@@ -14,6 +14,8 @@ from typing import Callable, Optional
 
 import torch
 
+from .stats import MOMENT_OF
+
 __all__ = ["Op", "OPS", "AXES", "STATS", "get_op", "op_names", "PAPER_OPS", "S_SERIES_OPS"]
 
 AXES = ("batch", "layer", "instance", "group")
@@ -40,7 +42,7 @@ class Op:
 
     ``fn`` computes an element-wise op; aggregates carry ``axes`` and ``stat`` instead and are computed by
     ``primitives.stats``. ``code`` is the torch expression the exporter writes (``{0}``, ``{1}`` are the
-    inputs); ``formula`` prints the op, ``prec`` is its binding strength for parentheses (higher binds
+    inputs, ``x`` the layer's input, ``self`` the exported module); ``formula`` prints the op, ``prec`` is its binding strength for parentheses (higher binds
     tighter; infix ops only).
     """
 
@@ -83,9 +85,19 @@ def _elementwise() -> list[Op]:
     ]
 
 
+def _aggregate_code(axes: str, stat: str) -> str:
+    """The exported expression; ``{buffer}`` names a batch aggregate's running moment (primitives.stats)."""
+    kind = MOMENT_OF[stat]
+    if axes == "batch":
+        m = f'batch_moment({{0}}.expand_as(x), "{kind}", self.{{buffer}}, self.momentum, self.training)'
+    else:
+        m = f'axis_moment({{0}}.expand_as(x), "{axes}", "{kind}", self.groups)'
+    return f'finish({m}, "{stat}", self.eps, x)'
+
+
 def _aggregates() -> list[Op]:
     return [
-        Op(f"{stat}_{axes}", 1, False, f"{stat}_{axes}({{0}})", axes=axes, stat=stat)
+        Op(f"{stat}_{axes}", 1, False, f"{stat}_{axes}({{0}})", code=_aggregate_code(axes, stat), axes=axes, stat=stat)
         for stat in STATS
         for axes in AXES
     ]

@@ -1,21 +1,27 @@
-"""Aggregate statistics over the four axis sets, shared by the graph compiler and the hand-written layers.
+"""Aggregate statistics over the four axis sets, shared by the graph compiler and the exported layers.
 
 For x of shape (N, C, *spatial) the axis sets are
 
-* ``batch``: (N, *spatial), one value per channel, with running statistics like BatchNorm;
+* ``batch``: (N, *spatial), one value per channel, with running moments like BatchNorm;
 * ``layer``: (C, *spatial), one value per sample;
 * ``instance``: (*spatial), one value per sample and channel;
 * ``group``: (C/G, *spatial), one value per sample and group of C/G channels.
 
 Statistics are ``mean``; ``std = sqrt(var + eps)`` with the biased variance; ``rms = sqrt(mean(x^2) + eps)``.
-They reduce in float32 under fp16/bf16 inputs (in the input's dtype otherwise) and come back in the input's
-dtype, shaped to broadcast against x (the reduced axes kept as size 1).
+They are built from a raw moment (``mean``, ``var`` or ``msq``), which is what running buffers hold, reduce
+in float32 under fp16/bf16 inputs, and come back in the input's dtype shaped to broadcast against x.
+
+The functions below are TorchScript-compatible on purpose: ``primitives.codegen`` copies their source into
+exported layers, so an exported layer computes exactly what the compiled graph computes.
 """
 from __future__ import annotations
 
+from typing import List
+
 import torch
 
-__all__ = ["resolve_groups", "moment", "finish", "reduce_dims", "accumulation_dtype", "MOMENT_OF", "INITIAL_MOMENT"]
+__all__ = ["resolve_groups", "accumulate", "reduce_moment", "axis_moment", "batch_moment", "finish",
+           "MOMENT_OF", "INITIAL_MOMENT", "SCRIPTABLE"]
 
 # The moment each statistic is built from; running buffers hold it, before any square root.
 MOMENT_OF = {"mean": "mean", "std": "var", "rms": "msq"}
@@ -43,51 +49,66 @@ def resolve_groups(num_channels: int, groups: int, group_size: int | None = None
     return g
 
 
-def reduce_dims(axes: str, ndim: int) -> tuple[int, ...]:
-    """Dimensions reduced for an axis set on a tensor of rank ``ndim`` (groups reduce after a reshape)."""
-    spatial = tuple(range(2, ndim))
-    if axes == "batch":
-        return (0,) + spatial
-    if axes == "layer":
-        return (1,) + spatial
-    if axes == "instance":
-        return spatial
-    raise ValueError(f"no plain reduction for axes {axes!r}")
+def accumulate(x: torch.Tensor) -> torch.Tensor:
+    """x in the dtype statistics accumulate in: float32 for fp16/bf16, its own dtype otherwise."""
+    if x.dtype == torch.float16 or x.dtype == torch.bfloat16:
+        return x.float()
+    return x
 
 
-def accumulation_dtype(dtype: torch.dtype) -> torch.dtype:
-    """float32 for half-precision inputs, the input's own dtype otherwise."""
-    return torch.float32 if dtype in (torch.float16, torch.bfloat16) else dtype
-
-
-def _reduce(x: torch.Tensor, dims: tuple[int, ...], name: str) -> torch.Tensor:
-    if name == "mean":
+def reduce_moment(x: torch.Tensor, dims: List[int], kind: str) -> torch.Tensor:
+    """The moment ``kind`` (mean, var: biased, msq: mean of squares) over ``dims``, dims kept."""
+    if kind == "mean":
         return x.mean(dims, keepdim=True)
-    if name == "var":
+    if kind == "var":
         return torch.var(x, dims, correction=0, keepdim=True)
     return x.square().mean(dims, keepdim=True)
 
 
-def moment(x: torch.Tensor, axes: str, name: str, groups: int = 1) -> torch.Tensor:
-    """The raw moment (``mean``, ``var`` or ``msq``) of x over ``axes``, in the accumulation dtype.
+def axis_moment(x: torch.Tensor, axes: str, kind: str, groups: int) -> torch.Tensor:
+    """The moment of x over an axis set, in the accumulation dtype, broadcastable against x.
 
-    The result broadcasts against x: (1, C, 1..), (N, 1, 1..), (N, C, 1..) or, for groups, (N, C, 1..)
-    with each group's value repeated over its channels.
+    Shapes: batch (1, C, 1..), layer (N, 1, 1..), instance and group (N, C, 1..); a group's value is
+    repeated over its channels. ``groups`` must divide C (see ``resolve_groups``).
     """
-    xa = x.to(accumulation_dtype(x.dtype))
-    if axes != "group":
-        dims = reduce_dims(axes, x.dim())
-        if not dims:  # instance statistics of a (N, C) tensor: every value is its own instance
-            return _reduce(xa.unsqueeze(-1), (-1,), name).squeeze(-1)
-        return _reduce(xa, dims, name)
-    n, c = x.shape[:2]
-    grouped = xa.reshape(n, groups, c // groups, -1)
-    m = _reduce(grouped, (2, 3), name)  # (N, G, 1, 1)
-    return m.expand(n, groups, c // groups, 1).reshape((n, c) + (1,) * (x.dim() - 2))
+    xa = accumulate(x)
+    n, c = x.shape[0], x.shape[1]
+    spatial = [d for d in range(2, x.dim())]
+    if axes == "group":
+        m = reduce_moment(xa.reshape(n, groups, c // groups, -1), [2, 3], kind)
+        return m.expand(n, groups, c // groups, 1).reshape([n, c] + [1 for _ in spatial])
+    if axes == "batch":
+        dims = [0] + spatial
+    elif axes == "layer":
+        dims = [1] + spatial
+    else:
+        dims = spatial
+    if len(dims) == 0:  # instance statistics of an (N, C) tensor: each value is its own instance
+        return reduce_moment(xa.unsqueeze(-1), [-1], kind).squeeze(-1)
+    return reduce_moment(xa, dims, kind)
 
 
-def finish(m: torch.Tensor, stat: str, eps: float, dtype: torch.dtype) -> torch.Tensor:
-    """Turn a moment into its statistic (eps inside the root) and cast to ``dtype``."""
+def batch_moment(x: torch.Tensor, kind: str, running: torch.Tensor, momentum: float,
+                 training: bool) -> torch.Tensor:
+    """A batch moment that keeps a running average, like BatchNorm.
+
+    Training uses the batch's own moment and updates ``running = (1 - momentum) * running + momentum *
+    moment`` (the official decay is 1 - momentum; the variance is biased); eval uses ``running``.
+    """
+    if training:
+        m = axis_moment(x, "batch", kind, 1)
+        with torch.no_grad():
+            running.lerp_(m.detach().reshape(-1).to(running.dtype), momentum)
+        return m
+    return running.to(accumulate(x).dtype).reshape([1, -1] + [1 for _ in range(x.dim() - 2)])
+
+
+def finish(m: torch.Tensor, stat: str, eps: float, like: torch.Tensor) -> torch.Tensor:
+    """Turn a moment into its statistic (eps inside the root), in ``like``'s dtype."""
     if stat != "mean":
         m = torch.sqrt(m + eps)
-    return m.to(dtype)
+    return m.to(like.dtype)
+
+
+# What an exported layer needs, in order (codegen copies their source).
+SCRIPTABLE = (accumulate, reduce_moment, axis_moment, batch_moment, finish)
