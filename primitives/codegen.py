@@ -157,7 +157,7 @@ class {cls}(nn.Module):
         shape = [1, -1] + [1 for _ in range(x.dim() - 2)]
         if self.apply_act:
             {body}
-        return x * self.weight.to(x.dtype).reshape(shape) + self.bias.to(x.dtype).reshape(shape)
+        return torch.addcmul(self.bias.to(x.dtype).reshape(shape), x, self.weight.to(x.dtype).reshape(shape))
 
     def extra_repr(self) -> str:
         return (f"{{self.num_features}}, eps={{self.eps}}, momentum={{self.momentum}}, groups={{self.groups}}, "

@@ -6,7 +6,8 @@ from torch import nn
 
 from .graph import INPUTS, LayerGraph
 from .ops import get_op
-from .stats import INITIAL_MOMENT, MOMENT_OF, axis_moment, batch_moment, finish, resolve_groups
+from .autograd import moment
+from .stats import INITIAL_MOMENT, MOMENT_OF, finish, resolve_groups, running_moment, update_running
 
 __all__ = ["GraphLayer", "compile_graph", "running_buffers"]
 
@@ -99,9 +100,11 @@ class GraphLayer(nn.Module):
         a = a.expand_as(x)  # v0, v1, zero or a reduced value: the DSL aggregates their broadcast to x's shape
         kind = MOMENT_OF[op.stat]
         if buffer is None:
-            m = axis_moment(a, op.axes, kind, self.groups)
+            m = moment(a, op.axes, kind, self.groups)
+        elif self.training:
+            m = update_running(moment(a, "batch", kind, 1), getattr(self, buffer), self.momentum)
         else:
-            m = batch_moment(a, kind, getattr(self, buffer), self.momentum, self.training)
+            m = running_moment(getattr(self, buffer), x)
         return finish(m, op.stat, self.eps, x)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -120,7 +123,7 @@ class GraphLayer(nn.Module):
                         del values[src]
             out = values[self.graph.output]
             x = out if out.shape == x.shape else out.expand_as(x)
-        return x * self._channel(self.weight, x) + self._channel(self.bias, x)
+        return torch.addcmul(self._channel(self.bias, x), x, self._channel(self.weight, x))
 
     def extra_repr(self) -> str:
         return (f"{self.num_features}, formula={self.graph.formula()!r}, groups={self.groups}, eps={self.eps}, "

@@ -14,6 +14,7 @@ from typing import Callable, Optional
 
 import torch
 
+from .autograd import divide, maximum
 from .stats import MOMENT_OF
 
 __all__ = ["Op", "OPS", "AXES", "STATS", "get_op", "op_names", "PAPER_OPS", "S_SERIES_OPS"]
@@ -72,8 +73,8 @@ def _elementwise() -> list[Op]:
     return [
         Op("add", 2, True, "{0} + {1}", torch.add, "{0} + {1}", prec=1),
         Op("mul", 2, True, "{0} * {1}", torch.mul, "{0} * {1}", prec=2),
-        Op("div", 2, False, "{0} / {1}", torch.div, "{0} / {1}", prec=2),
-        Op("max", 2, True, "max({0}, {1})", torch.maximum, "torch.maximum({0}, {1})"),
+        Op("div", 2, False, "{0} / {1}", divide, "{0} / {1}", prec=2),
+        Op("max", 2, True, "max({0}, {1})", maximum, "torch.maximum({0}, {1})"),
         Op("neg", 1, False, "-{0}", torch.neg, "-{0}", prec=3),
         Op("sigmoid", 1, False, "sigmoid({0})", torch.sigmoid, "torch.sigmoid({0})"),
         Op("tanh", 1, False, "tanh({0})", torch.tanh, "torch.tanh({0})"),
@@ -89,7 +90,8 @@ def _aggregate_code(axes: str, stat: str) -> str:
     """The exported expression; ``{buffer}`` names a batch aggregate's running moment (primitives.stats)."""
     kind = MOMENT_OF[stat]
     if axes == "batch":
-        m = f'batch_moment({{0}}.expand_as(x), "{kind}", self.{{buffer}}, self.momentum, self.training)'
+        m = (f'update_running(axis_moment({{0}}.expand_as(x), "batch", "{kind}", 1), self.{{buffer}}, self.momentum) '
+             f'if self.training else running_moment(self.{{buffer}}, x)')
     else:
         m = f'axis_moment({{0}}.expand_as(x), "{axes}", "{kind}", self.groups)'
     return f'finish({m}, "{stat}", self.eps, x)'

@@ -20,8 +20,8 @@ from typing import List
 
 import torch
 
-__all__ = ["resolve_groups", "accumulate", "reduce_moment", "axis_moment", "batch_moment", "finish",
-           "MOMENT_OF", "INITIAL_MOMENT", "SCRIPTABLE"]
+__all__ = ["resolve_groups", "accumulate", "reduce_dims", "reduce_moment", "axis_moment", "update_running",
+           "running_moment", "finish", "MOMENT_OF", "INITIAL_MOMENT", "SCRIPTABLE"]
 
 # The moment each statistic is built from; running buffers hold it, before any square root.
 MOMENT_OF = {"mean": "mean", "std": "var", "rms": "msq"}
@@ -56,13 +56,25 @@ def accumulate(x: torch.Tensor) -> torch.Tensor:
     return x
 
 
+def reduce_dims(axes: str, ndim: int) -> List[int]:
+    """The dimensions a batch, layer or instance statistic reduces (groups reduce after a reshape)."""
+    spatial = [d for d in range(2, ndim)]
+    if axes == "batch":
+        return [0] + spatial
+    if axes == "layer":
+        return [1] + spatial
+    return spatial
+
+
 def reduce_moment(x: torch.Tensor, dims: List[int], kind: str) -> torch.Tensor:
-    """The moment ``kind`` (mean, var: biased, msq: mean of squares) over ``dims``, dims kept."""
+    """The moment ``kind`` over ``dims``, dims kept: mean; var, biased, in two passes (as accurate as
+    Welford, and several times faster than ``torch.var`` on CPU); msq, the mean of squares."""
     if kind == "mean":
         return x.mean(dims, keepdim=True)
     if kind == "var":
-        return torch.var(x, dims, correction=0, keepdim=True)
-    return x.square().mean(dims, keepdim=True)
+        d = x - x.mean(dims, keepdim=True)
+        return (d * d).mean(dims, keepdim=True)
+    return (x * x).mean(dims, keepdim=True)
 
 
 def axis_moment(x: torch.Tensor, axes: str, kind: str, groups: int) -> torch.Tensor:
@@ -73,33 +85,28 @@ def axis_moment(x: torch.Tensor, axes: str, kind: str, groups: int) -> torch.Ten
     """
     xa = accumulate(x)
     n, c = x.shape[0], x.shape[1]
-    spatial = [d for d in range(2, x.dim())]
     if axes == "group":
         m = reduce_moment(xa.reshape(n, groups, c // groups, -1), [2, 3], kind)
-        return m.expand(n, groups, c // groups, 1).reshape([n, c] + [1 for _ in spatial])
-    if axes == "batch":
-        dims = [0] + spatial
-    elif axes == "layer":
-        dims = [1] + spatial
-    else:
-        dims = spatial
+        return m.expand(n, groups, c // groups, 1).reshape([n, c] + [1 for _ in range(x.dim() - 2)])
+    dims = reduce_dims(axes, x.dim())
     if len(dims) == 0:  # instance statistics of an (N, C) tensor: each value is its own instance
         return reduce_moment(xa.unsqueeze(-1), [-1], kind).squeeze(-1)
     return reduce_moment(xa, dims, kind)
 
 
-def batch_moment(x: torch.Tensor, kind: str, running: torch.Tensor, momentum: float,
-                 training: bool) -> torch.Tensor:
-    """A batch moment that keeps a running average, like BatchNorm.
+def update_running(m: torch.Tensor, running: torch.Tensor, momentum: float) -> torch.Tensor:
+    """Fold a batch moment into its running average, like BatchNorm, and pass the moment on.
 
-    Training uses the batch's own moment and updates ``running = (1 - momentum) * running + momentum *
-    moment`` (the official decay is 1 - momentum; the variance is biased); eval uses ``running``.
+    ``running = (1 - momentum) * running + momentum * m``: the official decay is 1 - momentum, and the
+    variance folded in is the biased one.
     """
-    if training:
-        m = axis_moment(x, "batch", kind, 1)
-        with torch.no_grad():
-            running.lerp_(m.detach().reshape(-1).to(running.dtype), momentum)
-        return m
+    with torch.no_grad():
+        running.lerp_(m.detach().reshape(-1).to(running.dtype), momentum)
+    return m
+
+
+def running_moment(running: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """A running moment shaped and typed like a batch moment of x (eval mode)."""
     return running.to(accumulate(x).dtype).reshape([1, -1] + [1 for _ in range(x.dim() - 2)])
 
 
@@ -111,4 +118,4 @@ def finish(m: torch.Tensor, stat: str, eps: float, like: torch.Tensor) -> torch.
 
 
 # What an exported layer needs, in order (codegen copies their source).
-SCRIPTABLE = (accumulate, reduce_moment, axis_moment, batch_moment, finish)
+SCRIPTABLE = (accumulate, reduce_dims, reduce_moment, axis_moment, update_running, running_moment, finish)

@@ -1,0 +1,53 @@
+"""The lean backward passes must be the true derivatives, to second order (the stability check uses it)."""
+import itertools
+
+import pytest
+import torch
+
+from primitives.autograd import divide, maximum, moment
+from primitives.stats import axis_moment
+
+
+@pytest.mark.parametrize("axes,kind", list(itertools.product(["batch", "layer", "instance", "group"], ["mean", "var", "msq"])))
+@pytest.mark.parametrize("shape", [(3, 4, 2, 3), (2, 4, 5), (3, 4), (1, 4, 1, 1)])
+def test_moment_gradients_to_second_order(axes, kind, shape):
+    x = torch.randn(shape, dtype=torch.float64, requires_grad=True)
+    fn = lambda t: moment(t, axes, kind, 2)  # noqa: E731
+    torch.testing.assert_close(fn(x), axis_moment(x, axes, kind, 2), rtol=0, atol=0)
+    assert torch.autograd.gradcheck(fn, (x,))
+    assert torch.autograd.gradgradcheck(fn, (x,))
+
+
+def test_moment_through_an_expanded_input_and_half_precision():
+    v = torch.randn(1, 4, 1, 1, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda t: moment(t.expand(3, 4, 2, 2), "group", "msq", 2), (v,))
+    x = torch.randn(2, 8, 3, 3, dtype=torch.float16, requires_grad=True)
+    (grad,) = torch.autograd.grad(moment(x, "instance", "var", 1).sum(), x)
+    expected = torch.autograd.grad(axis_moment(x, "instance", "var", 1).sum(), x)[0]
+    assert grad.dtype == torch.float16
+    torch.testing.assert_close(grad, expected, rtol=1e-3, atol=1e-3)
+
+
+@pytest.mark.parametrize("shape_b", [(3, 4, 2, 2), (1, 4, 1, 1), ()])
+def test_maximum_gradients_and_nan(shape_b):
+    a = torch.randn(3, 4, 2, 2, dtype=torch.float64, requires_grad=True)
+    b = torch.randn(shape_b, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(maximum, (a, b))
+    assert torch.autograd.gradgradcheck(maximum, (a, b))
+    assert torch.isnan(maximum(torch.tensor([float("nan"), 1.0]), torch.tensor([0.0, float("nan")]))).all()
+
+
+def test_maximum_gives_ties_to_its_first_argument():
+    a = torch.ones(3, requires_grad=True)
+    b = torch.ones(3, requires_grad=True)
+    maximum(a, b).sum().backward()
+    assert a.grad.tolist() == [1.0, 1.0, 1.0] and b.grad.tolist() == [0.0, 0.0, 0.0]
+
+
+@pytest.mark.parametrize("shape_b", [(3, 4, 2, 2), (1, 4, 1, 1)])
+def test_divide_gradients_and_ieee(shape_b):
+    a = torch.randn(3, 4, 2, 2, dtype=torch.float64, requires_grad=True)
+    b = (torch.rand(shape_b, dtype=torch.float64) + 0.5).requires_grad_(True)
+    assert torch.autograd.gradcheck(divide, (a, b)) and torch.autograd.gradgradcheck(divide, (a, b))
+    out = divide(torch.tensor([1.0, 0.0, -1.0]), torch.zeros(3))
+    assert out[0] == float("inf") and torch.isnan(out[1]) and out[2] == float("-inf")
