@@ -66,7 +66,7 @@ class LayerGraph:
         return g
 
     def replace(self, node: str, op: str, inputs: Sequence[str]) -> "LayerGraph":
-        """A copy with ``node``'s op and inputs replaced (inputs must come before ``node``)."""
+        """An unnamed copy with ``node``'s op and inputs replaced (inputs must come before ``node``)."""
         if node not in self.intermediate:
             raise GraphError(f"{node!r} is not an intermediate node")
         order = self.intermediate
@@ -75,7 +75,7 @@ class LayerGraph:
         if bad:
             raise GraphError(f"node {node!r} may only read earlier nodes, not {bad}")
         rows = [(n, op, inputs) if n == node else (n, self.op(n), self.inputs(n)) for n in order]
-        return LayerGraph.from_nodes(rows, name=self.name)
+        return LayerGraph.from_nodes(rows)  # no longer the named graph it came from
 
     # --- reading --------------------------------------------------------------------------------------
     @property
