@@ -7,20 +7,20 @@ helpers never cast. All variances are biased (divide by the element count), as
 The results broadcast against ``x`` (size-1 axes are kept) so they never
 materialise a full-size tensor.
 """
-from typing import Tuple
+from typing import List
 
 import torch
 from torch import Tensor
 
 
-def spatial_dims(x: Tensor) -> Tuple[int, ...]:
+def spatial_dims(x: Tensor) -> List[int]:
     """The axes after (N, C)."""
-    return tuple(range(2, x.dim()))
+    return list(range(2, x.dim()))
 
 
 def batch_var(x: Tensor) -> Tensor:
     """Biased variance per channel over (N, *spatial); shape (C,)."""
-    return torch.var(x, dim=(0,) + spatial_dims(x), correction=0)
+    return torch.var(x, dim=[0] + spatial_dims(x), correction=0)
 
 
 def instance_std(x: Tensor, eps: float) -> Tensor:
@@ -38,8 +38,7 @@ def _per_group_to_channels(stat: Tensor, x: Tensor) -> Tensor:
     """Spread a (N, G, 1) statistic over its C/G channels: (N, C, 1, ...)."""
     n, c = x.shape[:2]
     groups = stat.shape[1]
-    ones = (1,) * (x.dim() - 2)
-    return stat.expand(n, groups, c // groups).reshape(n, c, *ones)
+    return stat.expand(n, groups, c // groups).reshape([n, c] + [1] * (x.dim() - 2))
 
 
 def group_std(x: Tensor, groups: int, eps: float) -> Tensor:

@@ -11,16 +11,27 @@ Parameter and buffer names follow timm, so its state dicts load.
 These are the readable ground truth the compiled graphs and fused kernels are
 tested against. Performance: plain eager PyTorch, several elementwise passes
 and a float32 copy of the input; slower and hungrier than ``nn.BatchNorm2d``
-followed by ReLU. Use ``evonorm.fused`` for speed.
+followed by ReLU.
+
+By default (``impl="fused"``) B0, S0, S1 and S2 run the custom ops of
+:mod:`evonorm.fused` instead: one autograd node with an analytic backward that
+saves only the input and per-group/per-channel statistics (inductor-compiled on
+CPU, Triton on CUDA). ``impl="reference"`` keeps the code below. The layers use
+the reference anyway where the fused ops cannot serve: ``apply_act=False``
+(a plain affine), B1/B2 (no fused kernels), functorch transforms (``vmap``,
+``torch.func.grad``), and subclasses that override the math hooks
+(``_normalize_act``, ``_gate``, ``_group_stat``, ``_instance_term``; e.g. the
+synchronised batch variance of ``evonorm.distributed``). The fused backward is
+not differentiable again: build with ``impl="reference"`` for double backward.
 """
-from typing import Optional
+from typing import List, Optional
 
 import torch
 from torch import Tensor, nn
 
 from primitives.stats import resolve_groups
 
-from . import _stats
+from . import _stats, fused
 
 __all__ = [
     "resolve_groups",
@@ -30,19 +41,35 @@ __all__ = [
 ]
 
 
+IMPLS = ("fused", "reference")
+# the methods holding a variant's math: a subclass overriding any of them keeps the reference path
+_MATH_HOOKS = ("_normalize_act", "_gate", "_group_stat", "_instance_term")
+
+
+def _fused_variant(cls: type) -> type:
+    """Class decorator: ``evonorm.fused`` computes this variant (``_fused_forward``)."""
+    cls._fused_math = cls
+    return cls
+
+
 class _EvoNormBase(nn.Module):
     """State and checks shared by every variant: affine ``weight``/``bias``,
-    the optional ``v``, the input check and the float32 compute path.
+    the optional ``v``, the input check, the float32 compute path and the
+    choice between the fused kernels and the reference code.
 
-    Subclasses set ``_has_v`` and implement ``_normalize_act``; the public
-    classes are made by ``_specialise``, which fixes ``_spatial_dims``.
+    Subclasses set ``_has_v`` and implement ``_normalize_act`` (and, when
+    decorated with ``_fused_variant``, ``_fused_forward``); the public classes
+    are made by ``_specialise``, which fixes ``_spatial_dims``.
     """
 
     _spatial_dims: int = -1  # set by _specialise: 1, 2 or 3
     _has_v: bool = False  # B0 and S0 learn a per-channel v
+    _fused_math: Optional[type] = None  # set by _fused_variant
+    _name: str = "_EvoNormBase"  # set by _specialise; TorchScript has no type(self).__name__
+    __constants__ = ["_spatial_dims", "_name", "apply_act"]  # apply_act: prunes dead branches
 
     def __init__(self, num_features: int, apply_act: bool, eps: float,
-                 device=None, dtype=None) -> None:
+                 device=None, dtype=None, impl: str = "fused") -> None:
         factory_kwargs = {"device": device, "dtype": dtype}
         super().__init__()
         if self._spatial_dims < 1:
@@ -51,6 +78,9 @@ class _EvoNormBase(nn.Module):
             raise ValueError(f"num_features must be a positive integer, got {num_features}")
         if eps < 0:
             raise ValueError(f"eps must be >= 0, got {eps}")
+        if impl not in IMPLS:
+            raise ValueError(f"impl must be one of {IMPLS}, got {impl!r}")
+        self.impl = impl
         self.num_features = num_features
         self.apply_act = apply_act
         self.eps = eps
@@ -71,17 +101,17 @@ class _EvoNormBase(nn.Module):
         expected = 2 + self._spatial_dims
         if x.dim() != expected:
             raise ValueError(
-                f"{type(self).__name__} expected {expected}D input (N, C, {self._spatial_dims} "
-                f"spatial dims), got {x.dim()}D input of shape {tuple(x.shape)}")
+                f"{self._name} expected {expected}D input (N, C, {self._spatial_dims} "
+                f"spatial dims), got {x.dim()}D input of shape {list(x.shape)}")
         if x.shape[1] != self.num_features:
             raise ValueError(
-                f"{type(self).__name__} expected {self.num_features} channels (dim 1), "
-                f"got {x.shape[1]} in input of shape {tuple(x.shape)}")
+                f"{self._name} expected {self.num_features} channels (dim 1), "
+                f"got {x.shape[1]} in input of shape {list(x.shape)}")
         if not x.is_floating_point():
-            raise TypeError(f"{type(self).__name__} expected a floating point input, got {x.dtype}")
+            raise TypeError(f"{self._name} expected a floating point input, got {x.dtype}")
 
-    def _channel_shape(self):
-        return (1, self.num_features) + (1,) * self._spatial_dims
+    def _channel_shape(self) -> List[int]:
+        return [1, self.num_features] + [1] * self._spatial_dims
 
     def _param(self, p: Tensor, dtype: torch.dtype) -> Tensor:
         return p.to(dtype).view(self._channel_shape())
@@ -89,8 +119,21 @@ class _EvoNormBase(nn.Module):
     def _normalize_act(self, x: Tensor) -> Tensor:
         raise NotImplementedError
 
+    def _fused_forward(self, x: Tensor) -> Tensor:
+        raise NotImplementedError
+
+    def _uses_fused(self, x: Tensor) -> bool:
+        math = self._fused_math
+        return (self.impl == "fused" and self.apply_act and math is not None
+                and all(getattr(type(self), hook, None) is getattr(math, hook, None)
+                        for hook in _MATH_HOOKS)
+                and fused.can_serve(x))
+
     def forward(self, x: Tensor) -> Tensor:
         self._check_input_dim(x)
+        if not torch.jit.is_scripting():  # TorchScript compiles the reference path only
+            if self._uses_fused(x):
+                return self._fused_forward(x)
         # fp16 sums over N*H*W elements lose digits and bf16 keeps 8 bits, so
         # everything runs in float32 (float64 stays float64) and is cast back.
         compute_dtype = torch.promote_types(x.dtype, torch.float32)
@@ -101,15 +144,15 @@ class _EvoNormBase(nn.Module):
         return y.to(x.dtype)
 
     def extra_repr(self) -> str:
-        return f"{self.num_features}, apply_act={self.apply_act}, eps={self.eps}"
+        return f"{self.num_features}, apply_act={self.apply_act}, eps={self.eps}, impl={self.impl}"
 
 
 class _EvoNormBatch(_EvoNormBase):
     """Batch variants: d = max(sqrt(batch_var + eps), instance term); y = x / d."""
 
     def __init__(self, num_features: int, apply_act: bool = True, momentum: float = 0.1,
-                 eps: float = 1e-5, device=None, dtype=None) -> None:
-        super().__init__(num_features, apply_act, eps, device=device, dtype=dtype)
+                 eps: float = 1e-5, device=None, dtype=None, impl: str = "fused") -> None:
+        super().__init__(num_features, apply_act, eps, device=device, dtype=dtype, impl=impl)
         if not 0.0 <= momentum <= 1.0:
             raise ValueError(f"momentum must be in [0, 1], got {momentum}")
         self.momentum = momentum
@@ -133,12 +176,15 @@ class _EvoNormBatch(_EvoNormBase):
     def _instance_term(self, x: Tensor) -> Tensor:
         raise NotImplementedError
 
+    def _update_running_var(self, var: Tensor) -> None:
+        with torch.no_grad():  # official: mv -= (mv - var) * (1 - decay)
+            rv = self.running_var
+            rv.sub_((rv - var.to(rv.dtype)) * self.momentum)
+
     def _normalize_act(self, x: Tensor) -> Tensor:
         if self.training:
             var = _stats.batch_var(x)
-            with torch.no_grad():  # official: mv -= (mv - var) * (1 - decay)
-                rv = self.running_var
-                rv.sub_((rv - var.to(rv.dtype)) * self.momentum)
+            self._update_running_var(var)
         else:
             var = self.running_var.to(x.dtype)
         left = torch.sqrt(var + self.eps).view(self._channel_shape())
@@ -148,15 +194,18 @@ class _EvoNormBatch(_EvoNormBase):
 
     def extra_repr(self) -> str:
         return (f"{self.num_features}, apply_act={self.apply_act}, "
-                f"momentum={self.momentum}, eps={self.eps}")
+                f"momentum={self.momentum}, eps={self.eps}, impl={self.impl}")
 
 
 class _EvoNormGroup(_EvoNormBase):
     """Sample variants: y = x * sigmoid(...) / group statistic; no running state."""
 
+    _centered: bool = True  # group variance; False: group mean square (S2)
+
     def __init__(self, num_features: int, groups: int = 32, group_size: Optional[int] = None,
-                 apply_act: bool = True, eps: float = 1e-5, device=None, dtype=None) -> None:
-        super().__init__(num_features, apply_act, eps, device=device, dtype=dtype)
+                 apply_act: bool = True, eps: float = 1e-5, device=None, dtype=None,
+                 impl: str = "fused") -> None:
+        super().__init__(num_features, apply_act, eps, device=device, dtype=dtype, impl=impl)
         self.groups = resolve_groups(num_features, groups, group_size)
         self.group_size = group_size
         self.reset_parameters()
@@ -170,10 +219,14 @@ class _EvoNormGroup(_EvoNormBase):
     def _normalize_act(self, x: Tensor) -> Tensor:
         return x * self._gate(x) / self._group_stat(x)
 
+    def _fused_forward(self, x: Tensor) -> Tensor:
+        return fused.evonorm_s0(x, self.weight, self.bias, self.v, self.groups, self.eps,
+                                self._centered)
+
     def extra_repr(self) -> str:
         size = "" if self.group_size is None else f", group_size={self.group_size}"
         return (f"{self.num_features}, groups={self.groups}{size}, "
-                f"apply_act={self.apply_act}, eps={self.eps}")
+                f"apply_act={self.apply_act}, eps={self.eps}, impl={self.impl}")
 
 
 _BATCH_DOC = r"""
@@ -195,6 +248,8 @@ _BATCH_DOC = r"""
             then None.
         momentum: weight of the new batch variance in ``running_var``.
         eps: added to every variance (or mean square) inside the square root.
+        impl: ``"fused"`` (default; the kernels of ``evonorm.fused`` where
+            they exist, B0 only) or ``"reference"`` (this module's code).
 """
 
 _GROUP_DOC = r"""
@@ -213,9 +268,12 @@ _GROUP_DOC = r"""
         apply_act: if False the layer is the affine ``x * weight + bias`` only
             and ``v`` is None.
         eps: added to every variance (or mean square) inside the square root.
+        impl: ``"fused"`` (default; the kernels of ``evonorm.fused``) or
+            ``"reference"`` (this module's code).
 """
 
 
+@_fused_variant
 class _EvoNormB0(_EvoNormBatch):
     r"""EvoNorm-B0 (Liu et al. 2020): batch-dependent normalisation-activation.
 
@@ -230,6 +288,13 @@ class _EvoNormB0(_EvoNormBatch):
 
     def _instance_term(self, x: Tensor) -> Tensor:
         return x * self._param(self.v, x.dtype) + _stats.instance_std(x, self.eps)
+
+    def _fused_forward(self, x: Tensor) -> Tensor:
+        if self.training:
+            y, var = fused.evonorm_b0(x, self.weight, self.bias, self.v, None, self.eps)
+            self._update_running_var(var)
+            return y
+        return fused.evonorm_b0(x, self.weight, self.bias, self.v, self.running_var, self.eps)[0]
 
 
 class _EvoNormB1(_EvoNormBatch):
@@ -262,6 +327,7 @@ class _EvoNormB2(_EvoNormBatch):
         return _stats.instance_rms(x, self.eps) - x
 
 
+@_fused_variant
 class _EvoNormS0(_EvoNormGroup):
     r"""EvoNorm-S0 (Liu et al. 2020): batch-independent normalisation-activation.
 
@@ -276,6 +342,7 @@ class _EvoNormS0(_EvoNormGroup):
         return torch.sigmoid(x * self._param(self.v, x.dtype))
 
 
+@_fused_variant
 class _EvoNormS1(_EvoNormGroup):
     r"""EvoNorm-S1 (timm's formula): S0 with v fixed to 1, i.e. SiLU over group std.
 
@@ -286,6 +353,7 @@ class _EvoNormS1(_EvoNormGroup):
     __doc__ += _GROUP_DOC
 
 
+@_fused_variant
 class _EvoNormS2(_EvoNormGroup):
     r"""EvoNorm-S2 (timm's formula): SiLU over the group root mean square.
 
@@ -294,6 +362,7 @@ class _EvoNormS2(_EvoNormGroup):
 
     :math:`\overline{x^2}_g` is the mean square per (sample, group). No ``v``."""
     __doc__ += _GROUP_DOC
+    _centered = False
 
     def _group_stat(self, x: Tensor) -> Tensor:
         return _stats.group_rms(x, self.groups, self.eps)
@@ -308,7 +377,7 @@ def _specialise(variant: type, spatial_dims: int) -> type:
     axes = _SPATIAL_NAMES[spatial_dims]
     doc = (variant.__doc__ + f"\n    Shape:\n        - Input: (N, C, {axes}); channels_last "
            "works.\n        - Output: same shape, dtype and memory format as the input.\n")
-    return type(name, (variant,), {"_spatial_dims": spatial_dims, "__doc__": doc,
+    return type(name, (variant,), {"_spatial_dims": spatial_dims, "_name": name, "__doc__": doc,
                                    "__module__": __name__, "__qualname__": name})
 
 
