@@ -13,3 +13,10 @@ __all__ = [
     "EvoNorm3dB0", "EvoNorm3dB1", "EvoNorm3dB2", "EvoNorm3dS0", "EvoNorm3dS1", "EvoNorm3dS2",
     "resolve_groups", "seeds",
 ]
+
+# model conversion, distributed training and timm interop (issue 7)
+from .convert import ConversionSummary, convert  # noqa: E402  (the function shadows the submodule name)
+from .distributed import convert_sync_evonorm  # noqa: E402
+from . import timm_compat  # noqa: E402
+
+__all__ += ["convert", "ConversionSummary", "convert_sync_evonorm", "timm_compat"]
