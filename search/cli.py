@@ -1,0 +1,97 @@
+"""The search's command line (``run_search.py``, ``python -m search``, the ``evonorm-search`` script).
+
+Exit status: 0 when the run stopped at a budget, 2 for a bad config or command line (the message names the
+key and the file), 1 when the data or the workers are unusable, 130 when interrupted (with the command
+that resumes the run).
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import signal
+import sys
+from pathlib import Path
+
+from evaluator.data import DataError
+
+from .config import ConfigError, find_config, load_config
+from .executor import ExecutorError
+from .journal import JournalError
+from .results import RunResult, describe_fitness
+from .driver import default_run_dir, resume, run
+
+__all__ = ["main"]
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog=_program(), description="Evolve normalization-activation layers (Liu et al., NeurIPS 2020).")
+    start = p.add_mutually_exclusive_group(required=True)
+    start.add_argument("--config", help="search config: a YAML file, or the name of a shipped one (quick)")
+    start.add_argument("--resume", metavar="RUN_DIR", help="continue the interrupted run in RUN_DIR")
+    p.add_argument("--out", metavar="RUN_DIR", help="run directory (default: runs/<algorithm>-<time>)")
+    p.add_argument("--address", help="join this Ray cluster (e.g. auto, ray://head:10001) instead of starting one")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a config value, e.g. --set search.max_evaluations=50 (repeatable)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar, warnings only")
+    return p
+
+
+def _program() -> str:
+    name = os.path.basename(sys.argv[0]) if sys.argv and sys.argv[0] else "run_search.py"
+    if name == "__main__.py":
+        return "python -m search"
+    return f"python {name}" if name.endswith(".py") else name
+
+
+def _interrupt(signum, frame):
+    raise KeyboardInterrupt
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+    logging.getLogger("evaluator").setLevel(logging.WARNING)  # one line per candidate is the search's job
+    overrides = list(args.overrides)
+    if args.address:
+        overrides += ["executor.kind=ray", f"executor.address={args.address}"]
+    signal.signal(signal.SIGTERM, _interrupt)  # a scheduler's stop is recorded like Ctrl-C
+    run_dir = None
+    try:
+        if args.resume:
+            if args.out:
+                raise ConfigError("--out cannot be combined with --resume (the run stays in its directory)")
+            run_dir = Path(args.resume)
+            result = resume(run_dir, overrides, progress=not args.quiet)
+        else:
+            cfg = load_config(find_config(args.config), overrides)
+            run_dir = Path(args.out) if args.out else default_run_dir(cfg)
+            result = run(cfg, run_dir, progress=not args.quiet)
+    except (ConfigError, JournalError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    except (DataError, ExecutorError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        if run_dir is not None and (run_dir / "search.sqlite").exists():
+            print(f"\ninterrupted; in-flight evaluations were recorded as abandoned. Resume with:\n"
+                  f"  {_program()} --resume {run_dir}", file=sys.stderr)
+        return 130
+    _report(result)
+    return 0
+
+
+def _report(result: RunResult) -> None:
+    print(f"run directory: {result.run_dir}  (stopped: {result.stop_reason})")
+    for line in result.summary.lines():
+        print(f"  {line}")
+    for name, row in result.references.items():
+        print(f"  reference {name}: {describe_fitness(row)}")
+    if result.best is None:
+        print("  no candidate passed every check")
+    else:
+        b = result.best
+        print(f"  best #{b.id}: {describe_fitness(b)}  {b.formula}")

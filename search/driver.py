@@ -1,0 +1,346 @@
+"""The search driver: propose, deduplicate, dispatch, record. The one place where the algorithm, the workers
+and the journal meet.
+
+The loop is asynchronous and steady-state: whenever a worker is free, the next candidate is proposed (the
+references first, then the algorithm's proposals), looked up in the journal by structural hash and then by
+functional fingerprint, and either dispatched or answered from the earlier result (a ``duplicate`` row; if
+the earlier evaluation is still running, the duplicate waits for it). Every proposal and every result is
+journaled as it happens, and results reach the algorithm in the journal's ``told_seq`` order, so
+``resume`` rebuilds the state by replay (see ``search.state``) and evaluates again whatever was in flight.
+
+Budgets (``search.max_evaluations``, ``max_time``, ``max_steps``) stop proposals; evaluations in flight finish,
+except when time is up, when they are abandoned. Ctrl-C abandons in-flight work, records it, and re-raises.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import time
+from collections import deque
+from contextlib import nullcontext
+from pathlib import Path
+from typing import Any, Mapping, Optional
+
+from tqdm import tqdm
+from tqdm.contrib.logging import logging_redirect_tqdm
+
+from evaluator.config import dump_config
+from evaluator.data import read_cifar10
+from evaluator.evaluate import EvalRecord, Evaluator
+from evaluator.fingerprint import fingerprint
+from evonorm import seeds as seed_graphs
+from primitives import LayerGraph, graph_to_yaml
+
+from .config import check_resume_overrides, load_config
+from .executor import EvaluatorFactory, Job, Outcome, make_executor
+from .journal import CandidateRow, Journal
+from .results import CONFIG_FILE, RunResult, best_candidate, describe_fitness, summarize, wall_time
+from .state import Algorithm, evaluation_seed, make_algorithm, proposal_rng, replay
+
+__all__ = ["run", "resume", "default_run_dir"]
+
+log = logging.getLogger(__name__)
+
+# Proposals in a row that were all duplicates before the search counts the op space as exhausted.
+EXHAUSTED_AFTER = 1000
+# Longest wait for a result before the loop looks at the clock again.
+POLL_SECONDS = 5.0
+
+
+def run(config: Mapping[str, Any] | str | os.PathLike, run_dir: str | os.PathLike | None = None, *,
+        evaluator_factory: EvaluatorFactory = Evaluator, progress: bool = False) -> RunResult:
+    """Run a search from a config (a validated dict from ``search.load_config``, or a path) into ``run_dir``
+    (default ``runs/<algorithm>-<time>``), which must not hold a journal yet."""
+    cfg = load_config(config) if isinstance(config, (str, os.PathLike)) else dict(config)
+    run_dir = Path(run_dir) if run_dir is not None else default_run_dir(cfg)
+    _prepare_data(cfg)
+    journal = Journal.create(run_dir, {"seed": cfg["seed"], "algorithm": cfg["search"]["algorithm"]})
+    _write_config(run_dir, cfg)
+    return _drive(cfg, run_dir, journal, evaluator_factory, progress)
+
+
+def default_run_dir(cfg: Mapping[str, Any]) -> Path:
+    return Path("runs") / time.strftime(f"{cfg['search']['algorithm']}-%Y%m%d-%H%M%S")
+
+
+def resume(run_dir: str | os.PathLike, overrides: tuple[str, ...] | list[str] = (), *,
+           evaluator_factory: EvaluatorFactory = Evaluator, progress: bool = False) -> RunResult:
+    """Continue an interrupted run; ``overrides`` may change budgets, the data root and the executor."""
+    run_dir = Path(run_dir)
+    journal = Journal.open(run_dir)
+    try:
+        check_resume_overrides(overrides, run_dir)
+        cfg = load_config(run_dir / CONFIG_FILE, overrides)
+        _prepare_data(cfg)
+    except BaseException:
+        journal.close()
+        raise
+    _write_config(run_dir, cfg)
+    return _drive(cfg, run_dir, journal, evaluator_factory, progress)
+
+
+def _prepare_data(cfg: Mapping[str, Any]) -> None:
+    """Find (or download, once, before any worker starts) the dataset, failing early with the evaluator's
+    message when it is missing."""
+    if not cfg["data"]["synthetic"]:
+        read_cifar10(cfg["data"]["root"], cfg["data"]["download"])
+
+
+def _write_config(run_dir: Path, cfg: Mapping[str, Any]) -> None:
+    tmp = run_dir / f".{CONFIG_FILE}.tmp"
+    tmp.write_text(dump_config(cfg))
+    os.replace(tmp, run_dir / CONFIG_FILE)
+
+
+def _drive(cfg, run_dir: Path, journal: Journal, factory: EvaluatorFactory, progress: bool) -> RunResult:
+    session = journal.start_session(socket.gethostname())
+    started = time.monotonic()  # the time budget counts the workers' start-up too
+    stop = "interrupted"
+    try:
+        executor = make_executor(cfg, factory)
+        try:
+            with logging_redirect_tqdm() if progress else nullcontext():
+                stop = _Driver(cfg, journal, make_algorithm(cfg), executor, started, progress).loop()
+        finally:
+            executor.close()
+        rows = journal.rows()
+        return RunResult(run_dir, stop, summarize(rows, journal.sessions(), cfg), best_candidate(rows),
+                         {r.name: r for r in rows if r.role == "reference"})
+    except BaseException as err:
+        stop = "interrupted" if isinstance(err, KeyboardInterrupt) else f"error: {type(err).__name__}"
+        _abandon_running(journal)
+        raise
+    finally:
+        journal.end_session(session, stop)
+        journal.close()
+
+
+def _abandon_running(journal: Journal) -> None:
+    """Record every candidate still marked running as abandoned (a resumed run evaluates it again)."""
+    now = time.time()
+    for row in journal.rows():
+        if row.status == "running":
+            journal.update(row.id, status="abandoned", reason="abandoned", detail="in flight when the run stopped",
+                           finished_at=now)
+
+
+class _Driver:
+    def __init__(self, cfg: Mapping[str, Any], journal: Journal, algorithm: Algorithm, executor, started: float,
+                 progress: bool):
+        self.cfg = cfg
+        self.budget = cfg["search"]
+        self.references: list[str] = list(cfg["search"]["references"])
+        self.journal = journal
+        self.algorithm = algorithm
+        self.executor = executor
+        self.started = started
+        self.stop: Optional[str] = None
+        self.backlog: deque[Job] = deque()   # journaled but not yet dispatched (resumed work)
+        self.waiting: dict[int, list[int]] = {}  # running original -> duplicates waiting for its result
+        rows = journal.rows()
+        search_rows = [r for r in rows if r.role != "reference"]
+        self.next_id = rows[-1].id + 1 if rows else 1
+        self.num_references = len(rows) - len(search_rows)
+        self.num_proposed = len(search_rows)
+        self.evaluations = sum(1 for r in search_rows if r.duplicate_of is None)
+        self.steps = sum(r.steps for r in search_rows)
+        self.last_dispatched = max((r.id for r in rows if r.duplicate_of is None), default=0)
+        self.elapsed_before = wall_time(journal.sessions()[:-1], rows)
+        self.best = best_candidate(rows)
+        self.counts = {k: sum(1 for r in search_rows if r.status == k) for k in ("rejected", "failed", "duplicate")}
+        self.bar = tqdm(total=self.budget["max_evaluations"] or None, desc="search", unit="eval",
+                        initial=sum(1 for r in search_rows if r.duplicate_of is None and r.finished),
+                        disable=not progress, dynamic_ncols=True)
+        replay(algorithm, rows)
+        self._revive(rows)
+
+    # --- resuming -------------------------------------------------------------------------------------
+    def _revive(self, rows: list[CandidateRow]) -> None:
+        """Queue what was in flight when the run stopped: evaluations again, duplicates behind their original."""
+        by_id = {r.id: r for r in rows}
+        unfinished = [r for r in rows if r.status in ("running", "abandoned")]
+        for row in unfinished:
+            if row.duplicate_of is None:
+                self._restart(row)
+        for row in unfinished:
+            if row.duplicate_of is None:
+                continue
+            original = by_id[row.duplicate_of]
+            if original.status in ("ok", "rejected"):
+                self._answer_duplicate(row.id, original)
+            elif original.status == "failed":
+                self._evaluate_instead(row)
+            else:
+                self.journal.update(row.id, status="running", reason=None, detail=None, finished_at=None)
+                self.waiting.setdefault(original.id, []).append(row.id)
+
+    def _evaluate_instead(self, row: CandidateRow) -> None:
+        """Evaluate a duplicate itself: its original failed, which says nothing about the function."""
+        self.evaluations += 1
+        self._restart(row, duplicate_of=None)
+
+    def _restart(self, row: CandidateRow, **changes: Any) -> None:
+        self.journal.update(row.id, status="running", reason=None, detail=None, finished_at=None, **changes)
+        self.backlog.append(Job(row.id, evaluation_seed(self.cfg["seed"], row.id), row.graph_yaml,
+                                None if row.graph_yaml else row.name))
+
+    # --- the loop -------------------------------------------------------------------------------------
+    def loop(self) -> str:
+        with self.bar:
+            self._show()
+            while True:
+                self._fill()
+                if not self.executor.in_flight:
+                    break
+                for outcome in self.executor.wait(timeout=min(POLL_SECONDS, max(0.0, self._time_left()))):
+                    self._finish(outcome)
+                if self._time_left() <= 0 and self.executor.in_flight:
+                    self.stop = "max_time"
+                    for job in self.executor.abandon():
+                        self.journal.update(job.candidate_id, status="abandoned", reason="abandoned",
+                                            detail="in flight when search.max_time ran out", finished_at=time.time())
+                    break
+        _abandon_running(self.journal)  # duplicates whose original was abandoned
+        return self.stop
+
+    def _time_left(self) -> float:
+        if not self.budget["max_time"]:
+            return float("inf")
+        return self.budget["max_time"] - self.elapsed_before - (time.monotonic() - self.started)
+
+    def _exhausted(self) -> Optional[str]:
+        """The budget that stops proposals, if any."""
+        b = self.budget
+        if b["max_evaluations"] and self.evaluations >= b["max_evaluations"]:
+            return "max_evaluations"
+        if b["max_steps"] and self.steps >= b["max_steps"]:
+            return "max_steps"
+        if self._time_left() <= 0:
+            return "max_time"
+        if self.next_id - self.last_dispatched > EXHAUSTED_AFTER:
+            log.warning("the last %d proposals were all duplicates; stopping", EXHAUSTED_AFTER)
+            return "exhausted"
+        return None
+
+    def _fill(self) -> None:
+        while self.executor.in_flight < self.executor.slots:
+            if self.backlog:
+                self._dispatch(self.backlog.popleft())
+            elif self.stop is None and self.num_references < len(self.references):
+                self._propose_reference()
+            elif self.stop is None:
+                self.stop = self._exhausted()
+                if self.stop is None:
+                    self._propose()
+            else:
+                return
+
+    # --- proposing ------------------------------------------------------------------------------------
+    def _new_id(self) -> int:
+        self.next_id += 1
+        return self.next_id - 1
+
+    def _propose_reference(self) -> None:
+        name = self.references[self.num_references]
+        self.num_references += 1
+        graph = seed_graphs.get(name) if name in seed_graphs.names() else None
+        candidate_id = self._new_id()
+        self._insert(candidate_id, "reference", graph, name=name)
+        self._dispatch(self._job(candidate_id, graph, name))
+
+    def _propose(self) -> None:
+        candidate_id = self._new_id()
+        proposal = self.algorithm.ask(proposal_rng(self.cfg["seed"], candidate_id), self.num_proposed)
+        self.num_proposed += 1
+        graph = proposal.graph
+        shash = graph.structural_hash()
+        original = self.journal.find_original("structural_hash", shash)
+        fp = original.fingerprint if original is not None else self._fingerprint(graph)
+        if original is None and fp is not None:
+            original = self.journal.find_original("fingerprint", fp)
+        self._insert(candidate_id, proposal.role, graph, name=proposal.name, parent_id=proposal.parent_id,
+                     structural_hash=shash, fingerprint=fp, duplicate_of=original.id if original else None)
+        if original is None:
+            self.evaluations += 1
+            self._dispatch(self._job(candidate_id, graph, proposal.name))
+        elif original.status == "running":
+            self.waiting.setdefault(original.id, []).append(candidate_id)
+        else:
+            self._answer_duplicate(candidate_id, original)
+
+    def _fingerprint(self, graph: LayerGraph) -> Optional[str]:
+        """The graph's functional fingerprint, or None (no dedup by function) if it cannot be computed."""
+        m = self.cfg["model"]
+        try:
+            return fingerprint(graph, groups=m["groups"], eps=m["eps"], momentum=m["momentum"])
+        except Exception as err:  # noqa: BLE001 -- a bad graph must reach the evaluator, which records why
+            log.debug("no fingerprint for %s: %s", graph.formula(), err)
+            return None
+
+    def _insert(self, candidate_id: int, role: str, graph: Optional[LayerGraph], **columns: Any) -> None:
+        if graph is not None:
+            columns.setdefault("structural_hash", graph.structural_hash())
+            columns.setdefault("fingerprint", self._fingerprint(graph))
+        self.journal.insert(
+            id=candidate_id, role=role, graph_yaml=graph_to_yaml(graph) if graph is not None else None,
+            formula=graph.formula() if graph is not None else columns.get("name"),
+            batch_dependent=graph.uses_batch_stats if graph is not None else None,
+            status="running", eval_seed=evaluation_seed(self.cfg["seed"], candidate_id),
+            proposed_at=time.time(), **columns)
+
+    def _job(self, candidate_id: int, graph: Optional[LayerGraph], name: Optional[str]) -> Job:
+        return Job(candidate_id, evaluation_seed(self.cfg["seed"], candidate_id),
+                   graph_to_yaml(graph) if graph is not None else None, None if graph is not None else name)
+
+    def _dispatch(self, job: Job) -> None:
+        self.journal.update(job.candidate_id, started_at=time.time())
+        self.last_dispatched = max(self.last_dispatched, job.candidate_id)
+        self.executor.submit(job)
+
+    # --- recording results ----------------------------------------------------------------------------
+    def _finish(self, outcome: Outcome) -> None:
+        rec: EvalRecord = outcome.record
+        cid = outcome.job.candidate_id
+        row = self.journal.row(cid)
+        self.journal.update(
+            cid, status=rec.status, reason=rec.reason, detail=rec.detail, fitness=rec.fitness or None,
+            test_accuracy=rec.test_accuracy or None, steps=rec.steps, wall_time=rec.wall_time,
+            fingerprint=row.fingerprint or rec.fingerprint, worker=outcome.worker, attempts=outcome.attempts,
+            finished_at=time.time(), told_seq=self.journal.next_told_seq())
+        row = self.journal.row(cid)
+        self._tell(row)
+        for waiting in self.waiting.pop(cid, []):
+            if row.status in ("ok", "rejected"):
+                self._answer_duplicate(waiting, row)
+            else:
+                self._evaluate_instead(self.journal.row(waiting))
+
+    def _answer_duplicate(self, candidate_id: int, original: CandidateRow) -> None:
+        self.journal.update(
+            candidate_id, status="duplicate", reason=original.reason, fitness=original.fitness,
+            test_accuracy=original.test_accuracy, steps=0, detail=f"same function as candidate {original.id}",
+            finished_at=time.time(), told_seq=self.journal.next_told_seq())
+        self._tell(self.journal.row(candidate_id))
+
+    def _tell(self, row: CandidateRow) -> None:
+        if row.role == "reference":
+            log.info("reference %s: %s", row.name, describe_fitness(row))
+            return
+        self.algorithm.tell(row.id, row.graph, row.fitness if row.passed else None)
+        self.steps += row.steps
+        if row.status in self.counts:
+            self.counts[row.status] += 1
+        if row.duplicate_of is None:
+            self.bar.update(1)
+        if row.status == "ok" and (self.best is None or row.mean_fitness > self.best.mean_fitness):
+            self.best = row
+            parent = f", child of #{row.parent_id}" if row.parent_id else ""
+            log.info("new best #%d (%s%s): %s  %s", row.id, row.role, parent, describe_fitness(row), row.formula)
+        self._show()
+
+    def _show(self) -> None:
+        best = f"{self.best.mean_fitness:.3f}" if self.best else "-"
+        c = self.counts
+        self.bar.set_postfix_str(f"best {best}, rejected {c['rejected']}, failed {c['failed']}, "
+                                 f"duplicates {c['duplicate']}", refresh=False)

@@ -1,0 +1,121 @@
+"""Aging evolution with a multi-objective tournament, as in Liu et al. (2020), and the rules it is made of.
+
+Each step samples a tournament from the population, takes the Pareto front of the tournament over the
+per-architecture fitness vector (every architecture an objective to maximise), picks the parent uniformly from
+that front, and mutates it. A child that passes the evaluator joins the population; once the population is
+full the oldest member leaves (aging, as in regularized evolution, Real et al. 2019), so a lucky early
+evaluation cannot rule forever. Rejected children never join.
+
+This module is pure: it holds the population and answers ``ask(rng, num_proposed)`` and ``tell(...)``, drawing
+only from the ``random.Random`` it is given. The driver gives every proposal its own generator, derived from
+the run seed and the candidate id, and replays the journal's results in their recorded order to rebuild the
+state, so a resumed run continues exactly where the interrupted one stopped.
+"""
+from __future__ import annotations
+
+import random
+from collections import deque
+from dataclasses import dataclass
+from typing import Mapping, Optional, Sequence
+
+from primitives import LayerGraph, mutate, random_graph
+
+__all__ = ["Proposal", "Member", "dominates", "pareto_front", "Evolution"]
+
+
+@dataclass(frozen=True)
+class Proposal:
+    """A graph to evaluate: ``role`` is ``seed``, ``initial`` (random, filling the first population) or
+    ``child`` (a mutated tournament winner, ``parent_id``); ``name`` names a seed graph."""
+
+    graph: LayerGraph
+    role: str
+    parent_id: Optional[int] = None
+    name: Optional[str] = None
+
+
+@dataclass(frozen=True)
+class Member:
+    id: int
+    graph: LayerGraph
+    fitness: Mapping[str, float]
+
+
+def dominates(a: Mapping[str, float], b: Mapping[str, float]) -> bool:
+    """``a`` is at least as good as ``b`` on every architecture and better on one (a missing one counts as -inf)."""
+    keys = set(a) | set(b)
+    ge = all(a.get(k, float("-inf")) >= b.get(k, float("-inf")) for k in keys)
+    return ge and any(a.get(k, float("-inf")) > b.get(k, float("-inf")) for k in keys)
+
+
+def pareto_front(members: Sequence[Member]) -> list[Member]:
+    """The members no other member dominates, in the given order."""
+    return [m for m in members if not any(dominates(o.fitness, m.fitness) for o in members if o is not m)]
+
+
+class Evolution:
+    """Aging evolution with Pareto tournaments.
+
+    Args:
+        ops: the op set that random graphs and mutations draw from (e.g. no batch aggregates for S-series).
+        population_size: members kept; the oldest leaves when a child joins a full population. The first
+            ``population_size`` proposals are the seed graphs and then random graphs.
+        tournament_size: members sampled per tournament (fewer while the population is smaller).
+        num_nodes: intermediate nodes of a random graph.
+        seeds: ``(name, graph)`` pairs proposed first, as members of the initial population.
+        mutation_nodes: nodes redrawn per child (the paper redraws one).
+    """
+
+    def __init__(self, ops: Sequence[str], population_size: int, tournament_size: int, num_nodes: int = 10,
+                 seeds: Sequence[tuple[str, LayerGraph]] = (), mutation_nodes: int = 1):
+        if population_size < 1:
+            raise ValueError(f"population_size must be at least 1, got {population_size}")
+        if not 1 <= tournament_size <= population_size:
+            raise ValueError(f"tournament_size must lie in [1, population_size={population_size}], "
+                             f"got {tournament_size}")
+        if mutation_nodes < 1:
+            raise ValueError(f"mutation_nodes must be at least 1, got {mutation_nodes}")
+        self.ops = tuple(ops)
+        self.population_size = population_size
+        self.tournament_size = tournament_size
+        self.num_nodes = num_nodes
+        self.seeds = tuple(seeds)
+        self.mutation_nodes = mutation_nodes
+        self._population: deque[Member] = deque()
+
+    @property
+    def population(self) -> tuple[Member, ...]:
+        """The members, oldest first."""
+        return tuple(self._population)
+
+    def ask(self, rng: random.Random, num_proposed: int) -> Proposal:
+        """The next graph to evaluate, given how many this algorithm has proposed before it.
+
+        When the population is empty after the initial proposals (everything so far was rejected), it keeps
+        proposing random graphs.
+        """
+        if num_proposed < len(self.seeds):
+            name, graph = self.seeds[num_proposed]
+            return Proposal(graph, "seed", name=name)
+        if num_proposed < self.population_size or not self._population:
+            return Proposal(random_graph(rng, self.ops, self.num_nodes), "initial")
+        parent = self.select(rng)
+        child = parent.graph
+        for _ in range(self.mutation_nodes):
+            child = mutate(child, rng, self.ops)
+        return Proposal(child, "child", parent_id=parent.id)
+
+    def select(self, rng: random.Random) -> Member:
+        """A tournament winner: uniform over the Pareto front of a uniform sample of the population."""
+        pool = list(self._population)
+        tournament = rng.sample(pool, min(self.tournament_size, len(pool)))
+        tournament.sort(key=lambda m: m.id)
+        return rng.choice(pareto_front(tournament))
+
+    def tell(self, candidate_id: int, graph: LayerGraph, fitness: Optional[Mapping[str, float]]) -> None:
+        """Record a finished evaluation; ``fitness`` is None when the candidate was rejected or failed."""
+        if fitness is None:
+            return
+        self._population.append(Member(candidate_id, graph, dict(fitness)))
+        if len(self._population) > self.population_size:
+            self._population.popleft()

@@ -1,0 +1,55 @@
+"""The search as a pure function of (config, journal): the configured algorithm, the random draws of each
+candidate, and the replay that rebuilds the algorithm's state from the journal.
+
+Every random draw of candidate ``k`` comes from a generator seeded with (run seed, ``k``), never from a stream
+shared across candidates, and the algorithm's state changes only through results told in the journal's
+``told_seq`` order. So replaying a journal into a fresh algorithm gives the state the run had, and a serial
+run resumed at any point proposes exactly what the uninterrupted run would have.
+"""
+from __future__ import annotations
+
+import hashlib
+import random
+from typing import Any, Mapping, Sequence, Union
+
+from evonorm import seeds as seed_graphs
+
+from .config import resolve_ops
+from .evolution import Evolution
+from .journal import CandidateRow
+from .random_search import RandomSearch
+
+__all__ = ["Algorithm", "make_algorithm", "replay", "proposal_rng", "evaluation_seed"]
+
+Algorithm = Union[Evolution, RandomSearch]
+
+
+def make_algorithm(cfg: Mapping[str, Any]) -> Algorithm:
+    s = cfg["search"]
+    ops = resolve_ops(s["ops"])
+    seeds = [(name, seed_graphs.get(name)) for name in s["seeds"]]
+    if s["algorithm"] == "random":
+        return RandomSearch(ops, s["num_nodes"], seeds)
+    return Evolution(ops, s["population_size"], s["tournament_size"], s["num_nodes"], seeds, s["mutation_nodes"])
+
+
+def replay(algorithm: Algorithm, rows: Sequence[CandidateRow]) -> Algorithm:
+    """Tell ``algorithm`` every finished search candidate in the order the run told them; returns it."""
+    told = sorted((r for r in rows if r.told_seq is not None and r.role != "reference"), key=lambda r: r.told_seq)
+    for row in told:
+        algorithm.tell(row.id, row.graph, row.fitness if row.passed else None)
+    return algorithm
+
+
+def _digest(*parts: Any) -> bytes:
+    return hashlib.sha256("/".join(map(str, parts)).encode()).digest()
+
+
+def proposal_rng(run_seed: int, candidate_id: int) -> random.Random:
+    """The generator of every draw made to propose candidate ``candidate_id``."""
+    return random.Random(_digest(run_seed, "propose", candidate_id))
+
+
+def evaluation_seed(run_seed: int, candidate_id: int) -> int:
+    """The seed the evaluator trains candidate ``candidate_id`` with (31 bits)."""
+    return int.from_bytes(_digest(run_seed, "evaluate", candidate_id)[:4], "big") >> 1

@@ -1,0 +1,19 @@
+"""A Ray instance shared by the tests that need one, started once per test session."""
+import os
+
+import pytest
+
+import tests.search.fakes as fakes
+
+
+@pytest.fixture(scope="session")
+def ray_session():
+    """Local Ray: 2 CPUs, no dashboard, a small object store; the fake evaluator travels by value."""
+    os.environ["RAY_USAGE_STATS_ENABLED"] = "0"
+    import ray
+
+    ray.init(num_cpus=2, include_dashboard=False, object_store_memory=100 << 20, logging_level="WARNING",
+             log_to_driver=False)
+    ray.cloudpickle.register_pickle_by_value(fakes)
+    yield ray
+    ray.shutdown()
