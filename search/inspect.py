@@ -88,7 +88,8 @@ def write_report(view: RunView, entries: Sequence[Entry], plots: dict[str, Path]
         for name, r in sorted(refs.items()):
             cells = [f"{(r.fitness or {}).get(a, float('nan')):.3f}" for a in _archs(view)]
             mean = f"{r.mean_fitness:.3f}" if r.fitness else "-"
-            lines.append(f"| {name} | {r.status} {r.reason or ''} | " + " | ".join(cells) + f" | {mean} |")
+            status = f"{r.status} ({r.reason})" if r.reason else r.status
+            lines.append(f"| {name} | {status} | " + " | ".join(cells) + f" | {mean} |")
     lines += ["", f"## Top {len(entries)} (Pareto rank, then mean validation accuracy)", "",
               table(entries, _archs(view), markdown=True), ""]
     for key, title in (("progress", "Search progress"), ("pareto", "Pareto front of the final population")):

@@ -51,7 +51,7 @@ def progress_info(rows: Sequence[CandidateRow], cfg: Mapping[str, Any], label: s
     spent, top = 0.0, None
     for row in told:
         algorithm.tell(row.id, row.graph, row.fitness if row.passed else None)
-        spent += 1 if budget == "evaluations" else row.steps
+        spent += (row.duplicate_of is None) if budget == "evaluations" else row.steps  # duplicates cost nothing
         if row.passed and row.fitness:
             passed.append(row.mean_fitness)
             top = row.mean_fitness if top is None else max(top, row.mean_fitness)
@@ -74,7 +74,7 @@ def plot_progress(curves: Sequence[Progress], path: Path, budget: str = "evaluat
                 ls="--", label=f"{curve.label}: population median")
     for name, value in sorted(references.items()):
         ax.axhline(value, color="gray", lw=0.8, ls=":")
-        ax.annotate(name, (0, value), xytext=(4, 2), textcoords="offset points", fontsize=8, color="gray")
+        ax.text(0.01, value, f" {name}", transform=ax.get_yaxis_transform(), fontsize=8, color="gray", va="bottom")
     return _save(fig, ax, path, "training steps spent" if budget == "steps" else "candidates evaluated",
                  "mean validation accuracy", "Search progress")
 
