@@ -70,6 +70,19 @@ def plan(x: Tensor) -> Plan:
     split_len = triton.cdiv(p_blocks, want) * block_p
     return Plan(n, c, p, stride_c, stride_p, block_c, block_p, split_len, triton.cdiv(p, split_len))
 
+@triton.jit
+def elementwise_tile(C, P, stride_c, stride_p, BLOCK_C: tl.constexpr, BLOCK_P: tl.constexpr):
+    """This program's tile of an element-wise pass over (N, C, P), grid (N * channel blocks, position
+    blocks): the sample, its channels and their mask, the tile's mask and its element offsets."""
+    c_blocks = tl.cdiv(C, BLOCK_C)
+    n = tl.program_id(0) // c_blocks
+    cs = (tl.program_id(0) % c_blocks) * BLOCK_C + tl.arange(0, BLOCK_C)
+    ps = tl.program_id(1) * BLOCK_P + tl.arange(0, BLOCK_P)
+    c_mask = cs < C
+    mask = c_mask[:, None] & (ps < P)[None, :]
+    offsets = n.to(tl.int64) * C * P + cs[:, None] * stride_c + ps[None, :] * stride_p
+    return n, cs, c_mask, mask, offsets
+
 
 @triton.jit
 def _moments_kernel(

@@ -18,7 +18,7 @@ import triton.language as tl
 
 from . import s0_op
 from ._layout import dense_like, memory_format
-from ._triton_common import channel, instance_moments, plan
+from ._triton_common import channel, elementwise_tile, instance_moments, plan
 
 
 @triton.jit
@@ -36,13 +36,7 @@ def _s0_fwd_kernel(
     C, P, stride_c, stride_p,
     HAS_V: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_P: tl.constexpr,
 ):
-    c_blocks = tl.cdiv(C, BLOCK_C)
-    n = tl.program_id(0) // c_blocks
-    cs = (tl.program_id(0) % c_blocks) * BLOCK_C + tl.arange(0, BLOCK_C)
-    ps = tl.program_id(1) * BLOCK_P + tl.arange(0, BLOCK_P)
-    c_mask = cs < C
-    mask = c_mask[:, None] & (ps < P)[None, :]
-    offsets = n.to(tl.int64) * C * P + cs[:, None] * stride_c + ps[None, :] * stride_p
+    n, cs, c_mask, mask, offsets = elementwise_tile(C, P, stride_c, stride_p, BLOCK_C, BLOCK_P)
     x = tl.load(x_ptr + offsets, mask=mask, other=0.0).to(tl.float32)
     scale = tl.load(scale_ptr + n * C + cs, mask=c_mask, other=0.0)
     bias = tl.load(bias_ptr + cs, mask=c_mask, other=0.0)
@@ -109,13 +103,7 @@ def _s0_bwd_dx_kernel(
     C, P, stride_c, stride_p,
     HAS_V: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_P: tl.constexpr,
 ):
-    c_blocks = tl.cdiv(C, BLOCK_C)
-    n = tl.program_id(0) // c_blocks
-    cs = (tl.program_id(0) % c_blocks) * BLOCK_C + tl.arange(0, BLOCK_C)
-    ps = tl.program_id(1) * BLOCK_P + tl.arange(0, BLOCK_P)
-    c_mask = cs < C
-    mask = c_mask[:, None] & (ps < P)[None, :]
-    offsets = n.to(tl.int64) * C * P + cs[:, None] * stride_c + ps[None, :] * stride_p
+    n, cs, c_mask, mask, offsets = elementwise_tile(C, P, stride_c, stride_p, BLOCK_C, BLOCK_P)
     x = tl.load(x_ptr + offsets, mask=mask, other=0.0).to(tl.float32)
     g = tl.load(grad_y_ptr + offsets, mask=mask, other=0.0).to(tl.float32)
     nc = n * C + cs
