@@ -58,6 +58,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.address:
         overrides += ["executor.kind=ray", f"executor.address={args.address}"]
     signal.signal(signal.SIGTERM, _interrupt)  # a scheduler's stop is recorded like Ctrl-C
+    # a shell that starts us in the background hands down SIGINT ignored; Ctrl-C must still stop cleanly
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     run_dir = None
     try:
         if args.resume:
