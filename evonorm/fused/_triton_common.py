@@ -83,6 +83,18 @@ def elementwise_tile(C, P, stride_c, stride_p, BLOCK_C: tl.constexpr, BLOCK_P: t
     offsets = n.to(tl.int64) * C * P + cs[:, None] * stride_c + ps[None, :] * stride_p
     return n, cs, c_mask, mask, offsets
 
+@triton.jit
+def split_tile(C, P, split_len, BLOCK_C: tl.constexpr):
+    """This program's share of a two-stage reduction over (N, C, P), grid (N * channel blocks, splits):
+    the sample, the split, its channels and their mask, the sample's element offset, and the split's
+    position range [p_start, p_end)."""
+    c_blocks = tl.cdiv(C, BLOCK_C)
+    n = tl.program_id(0) // c_blocks
+    split = tl.program_id(1)
+    cs = (tl.program_id(0) % c_blocks) * BLOCK_C + tl.arange(0, BLOCK_C)
+    p_start = split * split_len
+    return n, split, cs, cs < C, n.to(tl.int64) * C * P, p_start, tl.minimum(p_start + split_len, P)
+
 
 @triton.jit
 def _moments_kernel(
@@ -92,14 +104,8 @@ def _moments_kernel(
     N, C, P, stride_c, stride_p, split_len,
     BLOCK_C: tl.constexpr, BLOCK_P: tl.constexpr,
 ):
-    c_blocks = tl.cdiv(C, BLOCK_C)
-    n = tl.program_id(0) // c_blocks
-    split = tl.program_id(1)
-    cs = (tl.program_id(0) % c_blocks) * BLOCK_C + tl.arange(0, BLOCK_C)
-    c_mask = cs < C
-    base = x_ptr + n.to(tl.int64) * C * P
-    p_start = split * split_len
-    p_end = tl.minimum(p_start + split_len, P)
+    n, split, cs, c_mask, offset, p_start, p_end = split_tile(C, P, split_len, BLOCK_C)
+    base = x_ptr + offset
     count = tl.zeros([BLOCK_C], tl.float32)
     mean = tl.zeros([BLOCK_C], tl.float32)
     m2 = tl.zeros([BLOCK_C], tl.float32)

@@ -18,7 +18,7 @@ import triton.language as tl
 
 from . import b0_op
 from ._layout import dense_like, memory_format
-from ._triton_common import channel, elementwise_tile, instance_moments, plan
+from ._triton_common import channel, elementwise_tile, instance_moments, plan, split_tile
 
 
 @triton.jit
@@ -62,18 +62,11 @@ def _b0_bwd_reduce_kernel(
     N, C, P, stride_c, stride_p, split_len, SPLIT,
     BLOCK_C: tl.constexpr, BLOCK_P: tl.constexpr,
 ):
-    c_blocks = tl.cdiv(C, BLOCK_C)
-    n = tl.program_id(0) // c_blocks
-    split = tl.program_id(1)
-    cs = (tl.program_id(0) % c_blocks) * BLOCK_C + tl.arange(0, BLOCK_C)
-    c_mask = cs < C
-    base = n.to(tl.int64) * C * P
+    n, split, cs, c_mask, base, p_start, p_end = split_tile(C, P, split_len, BLOCK_C)
     left = tl.load(left_ptr + cs, mask=c_mask, other=1.0)[:, None]
     inst_std = tl.load(inst_std_ptr + n * C + cs, mask=c_mask, other=1.0)[:, None]
     v = tl.load(v_ptr + cs, mask=c_mask, other=0.0)[:, None]
     weight = tl.load(weight_ptr + cs, mask=c_mask, other=0.0)[:, None]
-    p_start = split * split_len
-    p_end = tl.minimum(p_start + split_len, P)
     acc_g = tl.zeros([BLOCK_C], tl.float32)
     acc_z = tl.zeros([BLOCK_C], tl.float32)
     acc_r = tl.zeros([BLOCK_C], tl.float32)

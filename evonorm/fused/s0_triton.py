@@ -18,7 +18,7 @@ import triton.language as tl
 
 from . import s0_op
 from ._layout import dense_like, memory_format
-from ._triton_common import channel, elementwise_tile, instance_moments, plan
+from ._triton_common import channel, elementwise_tile, instance_moments, plan, split_tile
 
 
 @triton.jit
@@ -58,17 +58,10 @@ def _s0_bwd_reduce_kernel(
     N, C, P, stride_c, stride_p, split_len,
     HAS_V: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_P: tl.constexpr,
 ):
-    c_blocks = tl.cdiv(C, BLOCK_C)
-    n = tl.program_id(0) // c_blocks
-    split = tl.program_id(1)
-    cs = (tl.program_id(0) % c_blocks) * BLOCK_C + tl.arange(0, BLOCK_C)
-    c_mask = cs < C
-    base = n.to(tl.int64) * C * P
+    n, split, cs, c_mask, base, p_start, p_end = split_tile(C, P, split_len, BLOCK_C)
     v = tl.zeros([BLOCK_C], tl.float32) + 1.0
     if HAS_V:
         v = tl.load(v_ptr + cs, mask=c_mask, other=0.0)
-    p_start = split * split_len
-    p_end = tl.minimum(p_start + split_len, P)
     acc_h = tl.zeros([BLOCK_C], tl.float32)
     acc_v = tl.zeros([BLOCK_C], tl.float32)
     acc_g = tl.zeros([BLOCK_C], tl.float32)
