@@ -328,20 +328,21 @@ def _trace_for_analysis(model: nn.Module) -> fx.Graph:
                          "convert needs an fx-traceable model or an nn.Sequential") from err
 
 
-def _is_fused_act(node: fx.Node, modules: Dict[str, nn.Module]) -> bool:
+def _calls(node: fx.Node, modules: Dict[str, nn.Module], classes: tuple, functions: set, methods: set) -> bool:
+    """Whether ``node`` applies one of these activations, as a module, a function or a tensor method."""
     if node.op == "call_module":
-        return isinstance(modules[node.target], FUSED_ACTIVATIONS)
+        return isinstance(modules[node.target], classes)
     if node.op == "call_function":
-        return node.target in _FUSED_FUNCTIONS
-    return node.op == "call_method" and node.target in _FUSED_METHODS
+        return node.target in functions
+    return node.op == "call_method" and node.target in methods
+
+
+def _is_fused_act(node: fx.Node, modules: Dict[str, nn.Module]) -> bool:
+    return _calls(node, modules, FUSED_ACTIVATIONS, _FUSED_FUNCTIONS, _FUSED_METHODS)
 
 
 def _is_other_nonlinear(node: fx.Node, modules: Dict[str, nn.Module]) -> bool:
-    if node.op == "call_module":
-        return isinstance(modules[node.target], _OTHER_NONLINEAR)
-    if node.op == "call_function":
-        return node.target in _OTHER_NONLINEAR_FUNCTIONS
-    return node.op == "call_method" and node.target in _OTHER_NONLINEAR_METHODS
+    return _calls(node, modules, _OTHER_NONLINEAR, _OTHER_NONLINEAR_FUNCTIONS, _OTHER_NONLINEAR_METHODS)
 
 
 def _sole_consumer(node: fx.Node, modules: Dict[str, nn.Module]) -> Optional[fx.Node]:
