@@ -5,7 +5,7 @@ import torch
 from torch import nn
 
 from .graph import INPUTS, LayerGraph
-from .ops import get_op
+from .ops import Op, get_op
 from .autograd import moment
 from .stats import INITIAL_MOMENT, MOMENT_OF, finish, resolve_groups, running_moment, update_running
 
@@ -60,8 +60,9 @@ class GraphLayer(nn.Module):
         self._plan = self._make_plan(factory_kwargs) if apply_act else []
         self.reset_parameters()
 
-    def _make_plan(self, factory_kwargs) -> list[tuple[str, str, tuple[str, ...], str | None, tuple[str, ...]]]:
-        """Steps ``(node, op, inputs, running buffer, values to free after it)`` in order."""
+    def _make_plan(self, factory_kwargs) -> list[tuple[str, Op, tuple[str, ...], str | None, tuple[str, ...]]]:
+        """Steps ``(node, op, inputs, running buffer, values to free after it)`` in order; ops are looked up
+        here once, not in every forward pass."""
         rows = self.graph.rows()
         buffers = running_buffers(self.graph)
         for name in buffers.values():
@@ -70,13 +71,13 @@ class GraphLayer(nn.Module):
         plan = []
         for i, (node, op, inputs) in enumerate(rows):
             free = tuple(sorted({src for src in inputs if last_use[src] == i}))
-            plan.append((node, op, inputs, buffers.get(node), free))
+            plan.append((node, get_op(op), inputs, buffers.get(node), free))
         return plan
 
     def reset_running_stats(self) -> None:
         for node, op, _, buffer, _ in self._plan:
             if buffer is not None:
-                getattr(self, buffer).fill_(INITIAL_MOMENT[MOMENT_OF[get_op(op).stat]])
+                getattr(self, buffer).fill_(INITIAL_MOMENT[MOMENT_OF[op.stat]])
 
     def reset_parameters(self) -> None:
         self.reset_running_stats()
@@ -95,8 +96,7 @@ class GraphLayer(nn.Module):
     def _channel(self, p: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         return p.to(x.dtype).view((1, -1) + (1,) * (x.dim() - 2))
 
-    def _aggregate(self, op_name: str, a: torch.Tensor, x: torch.Tensor, buffer: str | None) -> torch.Tensor:
-        op = get_op(op_name)
+    def _aggregate(self, op: Op, a: torch.Tensor, x: torch.Tensor, buffer: str | None) -> torch.Tensor:
         a = a.expand_as(x)  # v0, v1, zero or a reduced value: the DSL aggregates their broadcast to x's shape
         kind = MOMENT_OF[op.stat]
         if buffer is None:
@@ -116,8 +116,7 @@ class GraphLayer(nn.Module):
                     values[name] = self._channel(getattr(self, name), x)
             for node, op, inputs, buffer, free in self._plan:
                 args = [values[src] for src in inputs]
-                fn = get_op(op).fn
-                values[node] = fn(*args) if fn is not None else self._aggregate(op, args[0], x, buffer)
+                values[node] = op.fn(*args) if op.fn is not None else self._aggregate(op, args[0], x, buffer)
                 for src in free:
                     if src not in INPUTS:
                         del values[src]
