@@ -51,6 +51,9 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         evaluator = Evaluator(cfg)
+    except ConfigError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
     except DataError as err:
         print(f"error: {err}", file=sys.stderr)
         return 1

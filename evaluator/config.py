@@ -28,7 +28,8 @@ DEFAULTS: dict[str, Any] = {
         "download": False,      # fetch cifar-10-python.tar.gz when the files are missing
         "synthetic": False,     # a small generated dataset, for tests and dry runs
         "synthetic_size": 2000,  # training images of the synthetic dataset (test: a fifth of it)
-        "val_fraction": 0.1,    # held out from the training files; the search's fitness
+        "val_fraction": 0.1,    # held out from the training files; the search's fitness (0: none, every
+                                # training image trains, for final retraining scored with train.test)
         "max_train": 0,         # use at most this many training images (0: all)
         "augment": True,        # random crop (pad 4) and horizontal flip
     },
@@ -80,7 +81,7 @@ def _positive(v) -> bool:
 CHECKS: dict[str, tuple[Callable[[Any], bool], str]] = {
     "data.root": (lambda v: v is None or isinstance(v, str), "a path string or null"),
     "data.synthetic_size": (lambda v: v >= 20, "at least 20"),
-    "data.val_fraction": (lambda v: 0.0 < v < 1.0, "a fraction in (0, 1)"),
+    "data.val_fraction": (lambda v: 0.0 <= v < 1.0, "a fraction in [0, 1) (0: no validation split)"),
     "data.max_train": (lambda v: v >= 0, "0 (all) or a positive count"),
     "model.archs": (lambda v: bool(v) and all(a in ARCHS for a in v) and len(set(v)) == len(v),
                     f"a non-empty list of distinct names from {list(ARCHS)}"),

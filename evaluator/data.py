@@ -215,13 +215,14 @@ def normalize(images: torch.Tensor) -> torch.Tensor:
 
 
 def load_dataset(data_cfg: Mapping[str, Any], seed: int = 0) -> Dataset:
-    """Read (or generate) the images and hold out ``val_fraction`` of the training files, fixed by ``seed``."""
+    """Read (or generate) the images and hold out ``val_fraction`` of the training files, fixed by ``seed``
+    (none when it is 0: final retraining uses every training image and scores on the test batch)."""
     if data_cfg["synthetic"]:
         (train_x, train_y), (test_x, test_y) = synthetic_cifar10(data_cfg["synthetic_size"], seed)
     else:
         (train_x, train_y), (test_x, test_y) = read_cifar10(data_cfg["root"], data_cfg["download"])
     order = torch.randperm(len(train_y), generator=torch.Generator().manual_seed(seed))
-    num_val = max(1, round(len(order) * data_cfg["val_fraction"]))
+    num_val = max(1, round(len(order) * data_cfg["val_fraction"])) if data_cfg["val_fraction"] else 0
     val, train = order[:num_val], order[num_val:]
     if data_cfg["max_train"]:
         train = train[:data_cfg["max_train"]]

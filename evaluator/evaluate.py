@@ -8,6 +8,9 @@ The order spends as little as possible on bad candidates:
    architecture has not been trained to the end on the first);
 3. for each architecture: train to ``train.steps``; fitness is the validation accuracy per architecture.
 
+Final retraining (``search.rerank``) sets ``data.val_fraction: 0``: every training image trains, the quality
+check (which reads validation accuracy) is off, and ``train.test`` gives the only score.
+
 ``Evaluator.evaluate`` never raises for a bad candidate: NaN/Inf in training, exceptions and the time limit
 all end in a record. Each evaluation is seeded from the given seed (the search passes one per candidate) and
 runs with ``train.threads`` torch threads, so its result does not depend on scheduling.
@@ -26,7 +29,7 @@ import torch
 
 from primitives import LayerGraph
 
-from .config import DEFAULTS
+from .config import DEFAULTS, ConfigError
 from .data import Dataset, load_dataset
 from .fingerprint import fingerprint
 from .models import Layer, NormActFactory, build_model, layer_name, resolve_layer
@@ -49,7 +52,8 @@ FAILURE_REASONS = frozenset({"exception", "timeout", "worker_lost", "abandoned"}
 class EvalRecord:
     """The result of one evaluation, as plain JSON-ready values.
 
-    ``fitness`` maps each architecture to its final validation accuracy (empty unless ``status`` is ok);
+    ``fitness`` maps each architecture to its final validation accuracy (empty unless ``status`` is ok;
+    always empty without a validation split);
     ``test_accuracy`` likewise for the test batch when ``train.test`` is set, else None; ``steps`` counts the
     training steps run, summed over architectures; ``wall_time`` is in seconds.
     """
@@ -112,10 +116,14 @@ def pick_device(device: str) -> torch.device:
 class Evaluator:
     """Holds the dataset (loaded once, in the constructor) and evaluates candidates one at a time.
 
-    ``data`` passes an already loaded ``Dataset`` (benches and tests share one between configs).
+    ``data`` passes an already loaded ``Dataset`` (benches and tests share one between configs). Raises
+    ``ConfigError`` for a config without a validation split that still asks for validation accuracy.
     """
 
     def __init__(self, cfg: Mapping[str, Any] = DEFAULTS, data: Dataset | None = None):
+        if not cfg["data"]["val_fraction"] and (cfg["quality"]["enabled"] or not cfg["train"]["test"]):
+            raise ConfigError("data.val_fraction is 0, so there are no validation images: set quality.enabled: "
+                              "false (its check reads them) and train.test: true (the test batch gives the score)")
         self.cfg = cfg
         torch.set_num_threads(cfg["train"]["threads"])
         self.device = pick_device(cfg["train"]["device"])
@@ -186,7 +194,8 @@ class Evaluator:
         for arch, trainer in trainers.items():
             where.arch = arch
             trainer.train_to(trainer.steps, deadline)
-            fitness[arch] = trainer.accuracy()
+            if len(self.data.val_y):
+                fitness[arch] = trainer.accuracy()
             if cfg["train"]["test"]:
                 test[arch] = trainer.accuracy("test")
         return EvalRecord("ok", fitness=fitness, test_accuracy=test if cfg["train"]["test"] else None)

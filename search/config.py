@@ -94,8 +94,13 @@ RESUMABLE_KEYS = ("search.max_evaluations", "search.max_time", "search.max_steps
                   "executor.*")
 
 
-def load_config(path: str | os.PathLike | None = None, overrides: Iterable[str] = ()) -> dict[str, Any]:
-    """The full config (evaluator and search sections), validated; raises ``ConfigError`` naming key and file."""
+def load_config(path: str | os.PathLike | None = None, overrides: Iterable[str] = (),
+                check_search: bool = True) -> dict[str, Any]:
+    """The full config (evaluator and search sections), validated; raises ``ConfigError`` naming key and file.
+
+    ``check_search=False`` skips the checks that only a search needs (its budgets and population, a
+    validation split), for programs that reuse a run's config for other work (``search.rerank``).
+    """
     overrides = list(overrides)
     defaults = evaluator_config.merge(evaluator_config.DEFAULTS, SEARCH_DEFAULTS)
     checks = {**evaluator_config.CHECKS, **SEARCH_CHECKS}
@@ -103,11 +108,15 @@ def load_config(path: str | os.PathLike | None = None, overrides: Iterable[str] 
     source = os.fspath(path) if path is not None else "<defaults>"
     if overrides:
         source = f"{source} (with --set {' '.join(overrides)})"
-    _check_together(cfg, source)
+    if check_search:
+        _check_search(cfg, source)
+    if cfg["executor"]["gpus_per_eval"] > 0 and cfg["train"]["device"] == "cpu":
+        raise ConfigError(f"{source}: 'executor.gpus_per_eval' is {cfg['executor']['gpus_per_eval']} but "
+                          "train.device is cpu; set train.device to auto or cuda")
     return cfg
 
 
-def _check_together(cfg: Mapping[str, Any], source: str) -> None:
+def _check_search(cfg: Mapping[str, Any], source: str) -> None:
     s = cfg["search"]
     if s["tournament_size"] > s["population_size"]:
         raise ConfigError(f"{source}: 'search.tournament_size' must not exceed search.population_size="
@@ -115,9 +124,9 @@ def _check_together(cfg: Mapping[str, Any], source: str) -> None:
     if not (s["max_evaluations"] or s["max_time"] or s["max_steps"]):
         raise ConfigError(f"{source}: 'search.max_evaluations', 'search.max_time' and 'search.max_steps' are all "
                           "0 (no limit); set at least one budget")
-    if cfg["executor"]["gpus_per_eval"] > 0 and cfg["train"]["device"] == "cpu":
-        raise ConfigError(f"{source}: 'executor.gpus_per_eval' is {cfg['executor']['gpus_per_eval']} but "
-                          "train.device is cpu; set train.device to auto or cuda")
+    if not cfg["data"]["val_fraction"]:
+        raise ConfigError(f"{source}: 'data.val_fraction' is 0, but the search's fitness is the validation "
+                          "accuracy; hold out a fraction in (0, 1)")
 
 
 def check_resume_overrides(overrides: Iterable[str], run_dir: str | os.PathLike) -> None:

@@ -131,6 +131,11 @@ def test_val_split_fixed_by_seed_and_disjoint():
     assert not any(tuple(r) in train_rows for r in a.val_x.flatten(1)[:, :64].tolist())
 
 
+def test_val_fraction_0_trains_on_every_image():
+    ds = load_dataset(data_cfg(synthetic=True, synthetic_size=300, val_fraction=0.0), seed=0)
+    assert len(ds.train_y) == 300 and len(ds.val_y) == 0 and ds.val_x.shape == (0, 3, 32, 32)
+
+
 def test_max_train_caps_the_training_images():
     ds = load_dataset(data_cfg(synthetic=True, synthetic_size=300, max_train=50), seed=0)
     assert len(ds.train_y) == 50

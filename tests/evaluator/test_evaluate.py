@@ -7,6 +7,7 @@ import math
 
 import pytest
 
+from evaluator.config import ConfigError
 from evaluator.evaluate import REASONS, EvalRecord, Evaluator, evaluate
 from evaluator.fingerprint import fingerprint
 from primitives import LayerGraph
@@ -59,6 +60,15 @@ def test_same_seed_same_record_other_seed_other_record(run):
 def test_test_accuracy_when_asked(run):
     record = run("bn_relu", "train.test=true", "quality.enabled=false", NO_STABILITY, "train.steps=5")
     assert record.status == "ok" and set(record.test_accuracy) == {"resnet", "mobilenetv2"}
+
+
+def test_without_a_validation_split_only_the_test_batch_scores(run, tiny_cfg):
+    record = run("bn_relu", "data.val_fraction=0", "train.test=true", "quality.enabled=false", NO_STABILITY,
+                 "train.steps=5")
+    assert record.status == "ok", record.detail
+    assert record.fitness == {} and set(record.test_accuracy) == {"resnet", "mobilenetv2"}
+    with pytest.raises(ConfigError, match="quality.enabled: false.*train.test: true"):
+        Evaluator(tiny_cfg("data.val_fraction=0"))
 
 
 def test_prefilter_rejects_nan_and_constant_without_training(run):

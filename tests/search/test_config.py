@@ -53,6 +53,12 @@ def test_a_run_needs_a_budget():
         load_config(None, ["search.max_evaluations=0"])
 
 
+def test_a_search_needs_a_validation_split_a_rerank_does_not():
+    with pytest.raises(ConfigError, match="'data.val_fraction' is 0"):
+        load_config(None, ["data.val_fraction=0"])
+    assert load_config(None, ["data.val_fraction=0"], check_search=False)["data"]["val_fraction"] == 0
+
+
 def test_resume_may_change_only_budgets_data_and_executor(tmp_path):
     check_resume_overrides(["search.max_evaluations=9", "executor.num_workers=1", "data.root=/x"], tmp_path)
     with pytest.raises(ConfigError, match="'search.population_size' cannot change"):
