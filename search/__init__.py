@@ -2,7 +2,8 @@
 
 ``run(config)`` runs a search into a run directory, ``resume(run_dir)`` continues an interrupted one, and
 ``open_run(run_dir)`` reads one (read-only, also while it runs). The command line is ``run_search.py`` (or the
-``evonorm-search`` console script, or ``python -m search``).
+``evonorm-search`` console script, or ``python -m search``); ``python -m search.inspect`` shows a run, and
+``python -m search.rerank`` retrains its top candidates with more steps and seeds.
 """
 from .config import ConfigError, load_config
 from .results import RunResult, RunSummary, RunView, open_run

@@ -38,7 +38,7 @@ from .journal import CandidateRow, Journal
 from .results import CONFIG_FILE, RunResult, best_candidate, describe_fitness, summarize, wall_time
 from .state import Algorithm, evaluation_seed, make_algorithm, proposal_rng, replay
 
-__all__ = ["run", "resume", "default_run_dir"]
+__all__ = ["run", "resume", "default_run_dir", "prepare_data"]
 
 log = logging.getLogger(__name__)
 
@@ -54,7 +54,7 @@ def run(config: Mapping[str, Any] | str | os.PathLike, run_dir: str | os.PathLik
     (default ``runs/<algorithm>-<time>``), which must not hold a journal yet."""
     cfg = load_config(config) if isinstance(config, (str, os.PathLike)) else dict(config)
     run_dir = Path(run_dir) if run_dir is not None else default_run_dir(cfg)
-    _prepare_data(cfg)
+    prepare_data(cfg)
     journal = Journal.create(run_dir, {"seed": cfg["seed"], "algorithm": cfg["search"]["algorithm"]})
     _write_config(run_dir, cfg)
     return _drive(cfg, run_dir, journal, evaluator_factory, progress)
@@ -72,7 +72,7 @@ def resume(run_dir: str | os.PathLike, overrides: tuple[str, ...] | list[str] = 
     try:
         check_resume_overrides(overrides, run_dir)
         cfg = load_config(run_dir / CONFIG_FILE, overrides)
-        _prepare_data(cfg)
+        prepare_data(cfg)
     except BaseException:
         journal.close()
         raise
@@ -80,7 +80,7 @@ def resume(run_dir: str | os.PathLike, overrides: tuple[str, ...] | list[str] = 
     return _drive(cfg, run_dir, journal, evaluator_factory, progress)
 
 
-def _prepare_data(cfg: Mapping[str, Any]) -> None:
+def prepare_data(cfg: Mapping[str, Any]) -> None:
     """Find (or download, once, before any worker starts) the dataset, failing early with the evaluator's
     message when it is missing."""
     if not cfg["data"]["synthetic"]:

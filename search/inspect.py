@@ -2,7 +2,8 @@
 
 Prints the run summary and a table of the top candidates (Pareto rank, then mean accuracy); ``--json`` prints
 the same as JSON; ``--plots`` writes PNG pictures under ``RUN_DIR/plots/`` and a ``RUN_DIR/report.md`` that
-links them. The journal is opened read-only, so this works on a run that is still going or was interrupted.
+links them (and the re-ranking section, when ``search.rerank`` has written ``RUN_DIR/rerank.md``). The journal
+is opened read-only, so this works on a run that is still going or was interrupted.
 """
 from __future__ import annotations
 
@@ -12,17 +13,27 @@ import sys
 from pathlib import Path
 from typing import Sequence
 
-from .journal import JournalError
+from .journal import CandidateRow, JournalError
 from .leaderboard import Entry, leaderboard
 from .plots import pareto_info, plot_graph, plot_pareto, plot_progress, progress_info
 from .results import RunView, open_run
 
-__all__ = ["table", "write_report", "main"]
+__all__ = ["table", "format_table", "label", "write_plots", "existing_plots", "write_report", "RERANK_FILE", "main"]
+
+# Written by ``search.rerank``; the report embeds it as its own section.
+RERANK_FILE = "rerank.md"
 
 
 def _fitness_cells(entry: Entry, archs: Sequence[str]) -> list[str]:
     fitness = entry.row.fitness or {}
     return [f"{fitness[a]:.3f}" if a in fitness else "-" for a in archs]
+
+
+def label(row: CandidateRow) -> str:
+    """The formula, with references marked by name."""
+    if row.role == "reference":
+        return f"[reference {row.name}] {row.formula or ''}".strip()
+    return row.formula or row.name or "-"
 
 
 def table(entries: Sequence[Entry], archs: Sequence[str], markdown: bool = False) -> str:
@@ -31,13 +42,15 @@ def table(entries: Sequence[Entry], archs: Sequence[str], markdown: bool = False
     rows = []
     for e in entries:
         r = e.row
-        label = r.formula or r.name
-        if r.role == "reference":
-            label = f"[reference {r.name}] {r.formula or ''}".strip()
         rows.append([str(e.rank), str(e.pareto_rank), str(r.id), r.structural_hash or "-",
                      *_fitness_cells(e, archs), f"{r.mean_fitness:.3f}",
                      {True: "yes", False: "no", None: "-"}[r.batch_dependent],
-                     str(r.parent_id) if r.parent_id is not None else "-", str(e.found), label])
+                     str(r.parent_id) if r.parent_id is not None else "-", str(e.found), label(r)])
+    return format_table(head, rows, markdown)
+
+
+def format_table(head: Sequence[str], rows: Sequence[Sequence[str]], markdown: bool = False) -> str:
+    """Cells as aligned text columns, or as a Markdown table."""
     if markdown:
         lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
         lines += ["| " + " | ".join(c.replace("|", "\\|") for c in row) + " |" for row in rows]
@@ -74,8 +87,16 @@ def write_plots(view: RunView, entries: Sequence[Entry], compare: Sequence[RunVi
     return paths
 
 
+def existing_plots(run_dir: Path, top: int) -> dict[str, Path]:
+    """The pictures an earlier ``--plots`` left in ``RUN_DIR/plots/``, to rewrite the report without redrawing."""
+    names = ["progress", "pareto", *(f"graph_{k}" for k in range(1, top + 1))]
+    paths = {name: run_dir / "plots" / f"{name}.png" for name in names}
+    return {name: path for name, path in paths.items() if path.is_file()}
+
+
 def write_report(view: RunView, entries: Sequence[Entry], plots: dict[str, Path]) -> Path:
-    """``RUN_DIR/report.md``: the summary, the table and the pictures, readable on GitHub."""
+    """``RUN_DIR/report.md``: the summary, the table and the pictures, readable on GitHub; then the
+    re-ranking section, when ``RUN_DIR/rerank.md`` exists."""
     summary = view.summary()
     refs = view.references()
     lines = [f"# Search report: {view.run_dir.name}", "",
@@ -99,6 +120,9 @@ def write_report(view: RunView, entries: Sequence[Entry], plots: dict[str, Path]
     if graphs:
         lines += ["## Top graphs", ""]
         lines += [f"![{k}](plots/{p.name})" for k, p in graphs] + [""]
+    rerank = view.run_dir / RERANK_FILE
+    if rerank.is_file():
+        lines += [rerank.read_text().rstrip(), ""]
     path = view.run_dir / "report.md"
     path.write_text("\n".join(lines))
     return path

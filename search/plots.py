@@ -1,4 +1,4 @@
-"""Pictures of a run: search progress, the final population's Pareto front, and the top graphs.
+"""Pictures of a run: search progress, the final population's Pareto front, the top graphs, and the re-ranking.
 
 Each picture is split in two, as in optuna's visualisation: a pure ``*_info`` function that extracts what
 to draw from the journal (tested without drawing) and a ``plot_*`` function that draws it with matplotlib
@@ -23,7 +23,8 @@ from .evolution import pareto_front  # noqa: E402
 from .journal import CandidateRow  # noqa: E402
 from .state import make_algorithm  # noqa: E402
 
-__all__ = ["Progress", "progress_info", "plot_progress", "ParetoInfo", "pareto_info", "plot_pareto", "plot_graph"]
+__all__ = ["Progress", "progress_info", "plot_progress", "ParetoInfo", "pareto_info", "plot_pareto", "plot_graph",
+           "RerankPoint", "plot_rerank"]
 
 
 @dataclass(frozen=True)
@@ -155,3 +156,34 @@ def plot_graph(graph: LayerGraph, path: Path, title: str = "") -> Path:
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
+
+
+@dataclass(frozen=True)
+class RerankPoint:
+    """One retrained layer: its search fitness against its re-ranked test accuracy (``search.rerank``)."""
+
+    label: str
+    search: Optional[float]  # mean validation accuracy in the search (None: it did not pass there)
+    mean: float              # mean test accuracy after retraining, over seeds
+    std: float               # its standard deviation over seeds
+    reference: bool
+
+
+def plot_rerank(points: Sequence[RerankPoint], path: Path, title: str) -> Path:
+    """Search fitness (x) against re-ranked test accuracy (y, error bars: one standard deviation over seeds);
+    each reference's re-ranked accuracy is also a dotted line, so it shows even if it failed in the search."""
+    fig, ax = plt.subplots(figsize=(6, 5))
+    for reference, marker, color, name in ((False, "o", "C0", "search candidates"), (True, "*", "k", "references")):
+        group = [p for p in points if p.reference == reference and p.search is not None]
+        if group:
+            ax.errorbar([p.search for p in group], [p.mean for p in group], yerr=[p.std for p in group],
+                        fmt=marker, color=color, ms=9 if reference else 6, capsize=3, label=name)
+        for p in group:
+            ax.annotate(p.label, (p.search, p.mean), xytext=(5, 3), textcoords="offset points", fontsize=8)
+    for p in points:
+        if p.reference:
+            ax.axhline(p.mean, color="gray", lw=0.8, ls=":")
+            ax.text(0.01, p.mean, f" {p.label}", transform=ax.get_yaxis_transform(), fontsize=8, color="gray",
+                    va="bottom")
+    return _save(fig, ax, path, "search fitness (mean validation accuracy)",
+                 "re-ranked test accuracy (mean over seeds)", title)
