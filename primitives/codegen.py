@@ -11,7 +11,7 @@ import keyword
 import textwrap
 
 from . import ops, stats
-from .compile import running_buffers
+from .compile import output_scale, running_buffers
 from .graph import INPUTS, LayerGraph
 from .ops import get_op
 
@@ -84,13 +84,19 @@ def layer_source(graph: LayerGraph, class_name: str = "EvolvedNorm") -> str:
     body = [f"{p} = self.{p}.to(x.dtype).reshape(shape)" for p in params]
     if "zero" in graph.used_inputs:
         body.append("zero = torch.zeros([], dtype=x.dtype, device=x.device)")
-    for node, op, inputs in graph.rows():
+    fold = output_scale(graph)
+    for node, op, inputs in graph.rows()[:-1] if fold else graph.rows():
         spec = get_op(op)
         expr = spec.code.format(*(names[s] for s in inputs), buffer=buffers.get(node, ""))
         expr = expr.replace("(x.expand_as(x)", "(x")  # a no-op view in the compiler; left out for reading
         comment = subs[node] if len(subs[node]) <= 70 else subs[node][:67] + "..."
         body.append(f"{names[node]} = {expr}  # {comment}")
-    body.append("x = out.expand_as(x)")
+    if fold:  # the output's scale folds into the affine weight, exactly as compile_graph does it
+        body_node, scale, op = fold
+        body.append(f"weight = weight {'/' if op == 'div' else '*'} {names[scale]}  # {graph.formula()}")
+        body.append(f"x = {names[body_node]}")
+    else:
+        body.append("x = out.expand_as(x)")
 
     batch_note = "uses batch statistics (running moments in eval mode)" if buffers else "batch-independent"
     return _TEMPLATE.format(
@@ -155,9 +161,10 @@ class {cls}(nn.Module):
         if x.dim() < 2 or x.shape[1] != self.num_features:
             raise ValueError("expected input of shape (N, " + str(self.num_features) + ", *spatial)")
         shape = [1, -1] + [1 for _ in range(x.dim() - 2)]
+        weight = self.weight.to(x.dtype).reshape(shape)
         if self.apply_act:
             {body}
-        return torch.addcmul(self.bias.to(x.dtype).reshape(shape), x, self.weight.to(x.dtype).reshape(shape))
+        return (x * weight).add_(self.bias.to(x.dtype).reshape(shape))
 
     def extra_repr(self) -> str:
         return (f"{{self.num_features}}, eps={{self.eps}}, momentum={{self.momentum}}, groups={{self.groups}}, "

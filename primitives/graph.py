@@ -166,6 +166,17 @@ class LayerGraph:
         p = self.pruned()
         return {src for _, _, inputs in p.rows() for src in inputs if src in INPUTS}
 
+    @property
+    def full_size(self) -> set[str]:
+        """The nodes whose value has x's full shape: x and the element-wise ops that read a full-size value.
+        The rest (``zero``, ``v0``, ``v1``, aggregates and what is computed from them alone) are reduced
+        tensors, one value per channel, sample or group, that broadcast against x."""
+        full = {"x"}
+        for node, op, inputs in self.rows():
+            if not get_op(op).is_aggregate and any(src in full for src in inputs):
+                full.add(node)
+        return full
+
     def formula(self) -> str:
         """A readable formula of the pruned graph, e.g. ``x * sigmoid(v1 * x) / std_group(x)``."""
         memo: dict[str, tuple[str, int]] = {k: (k, _ATOM) for k in INPUTS}

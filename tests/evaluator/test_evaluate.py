@@ -40,7 +40,9 @@ def test_reason_codes_are_the_journal_s():
 
 
 def test_bn_relu_trains_to_completion_on_every_arch(run, tiny_cfg):
-    record = run("bn_relu")
+    # No quality gate: at step 20 of the tiny MobileNetV2, BN-ReLU sits anywhere from 0.12 (AVX-512 kernels)
+    # to above 0.2 (AVX2) before it learns the synthetic task; the gate has tests of its own.
+    record = run("bn_relu", "quality.enabled=false")
     assert record.status == "ok" and record.reason is None, record.detail
     assert set(record.fitness) == {"resnet", "mobilenetv2"}
     assert all(0.2 <= acc <= 1.0 for acc in record.fitness.values())
