@@ -75,6 +75,7 @@ class GraphLayer(nn.Module):
         for name in ("v0", "v1"):
             param = nn.Parameter(torch.empty(num_features, **factory_kwargs)) if name in used else None
             self.register_parameter(name, param)
+        self._reads_zero = "zero" in used
         self._fold = output_scale(self.graph) if apply_act else None
         self._plan = self._make_plan(factory_kwargs) if apply_act else []
         self.reset_parameters()
@@ -116,7 +117,8 @@ class GraphLayer(nn.Module):
         return p.to(x.dtype).view((1, -1) + (1,) * (x.dim() - 2))
 
     def _aggregate(self, op: Op, a: torch.Tensor, x: torch.Tensor, buffer: str | None) -> torch.Tensor:
-        a = a.expand_as(x)  # v0, v1, zero or a reduced value: the DSL aggregates their broadcast to x's shape
+        if a.shape != x.shape:  # v0, v1, zero or a reduced value: the DSL aggregates their broadcast to x's shape
+            a = a.expand_as(x)
         kind = MOMENT_OF[op.stat]
         if buffer is None:
             m = moment(a, op.axes, kind, self.groups)
@@ -130,7 +132,9 @@ class GraphLayer(nn.Module):
         self._check_input(x)
         weight = self._channel(self.weight, x)
         if self.apply_act:
-            values = {"x": x, "zero": x.new_zeros(())}
+            values = {"x": x}
+            if self._reads_zero:
+                values["zero"] = x.new_zeros(())
             for name in ("v0", "v1"):
                 if getattr(self, name) is not None:
                     values[name] = self._channel(getattr(self, name), x)
