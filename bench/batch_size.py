@@ -2,7 +2,7 @@
 S0 hold its accuracy as the batch shrinks while BN-ReLU falls? (Liu et al. 2020 report +7.8% for S0 over
 BN-ReLU on ResNet-50 at small batch.)
 
-    EVONORM_DATA=/work/shared/data python bench/batch_size.py [--config configs/quick.yaml] [--epochs 12]
+    EVONORM_DATA=/path/to/data python bench/batch_size.py [--config configs/quick.yaml] [--epochs 12]
         [--batch-sizes 128,32,8,2] [--layers bn_relu,gn_relu,evonorm_b0,evonorm_s0] [--seeds 1]
         [--workers 0] [--set key=value ...]
 

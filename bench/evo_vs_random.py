@@ -2,7 +2,7 @@
 protocols switched off (the paper's ablation): the best mean validation accuracy found so far, against the
 training steps spent and against the candidates evaluated.
 
-    EVONORM_DATA=/work/shared/data python bench/evo_vs_random.py [--config configs/quick.yaml]
+    EVONORM_DATA=/path/to/data python bench/evo_vs_random.py [--config configs/quick.yaml]
         [--max-steps 12000] [--seeds 0,1,2] [--variants evolution,random,evolution_no_rejection]
         [--seed-graphs evonorm_s0] [--runs runs/evo_vs_random] [--set key=value ...]
 
