@@ -4,7 +4,7 @@ Autograd's own backward of ``torch.maximum`` (masks, ``masked_fill``, tie splitt
 two-pass variance take several full passes each; these Functions take one to three (the element-wise costs
 that decide them were measured on this project's 2-core CPU machines, torch 2.14). Their forward passes are
 the very functions of ``primitives.stats``, ``torch.maximum`` and ``torch.div``, so outputs are bit-identical
-to the plain path (and to exported layers). Backward passes are written with differentiable torch ops on the saved inputs, so
+to the plain path (and to exported layers). Backward passes are written with differentiable torch ops on saved inputs (or outputs), so
 double backward (the evaluator's stability check) works through them.
 """
 from __future__ import annotations
@@ -28,7 +28,7 @@ class _Maximum(torch.autograd.Function):
     def backward(ctx, grad):
         a, b = ctx.saved_tensors
         with torch.no_grad():  # piecewise constant: no gradient flows through the mask
-            to_a = (a - b).sign_().add_(1).clamp_(max=1)  # 1 where a >= b; 2.5x faster than a bool mask on CPU
+            to_a = (a - b).sign_().add_(1).clamp_(max=1)  # 1 where a >= b or either is NaN; 2.5x faster than a bool mask on CPU
         grad_a = grad * to_a
         return grad_a.sum_to_size(a.shape), (grad - grad_a).sum_to_size(b.shape)
 

@@ -84,19 +84,24 @@ def layer_source(graph: LayerGraph, class_name: str = "EvolvedNorm") -> str:
     body = [f"{p} = self.{p}.to(x.dtype).reshape(shape)" for p in params]
     if "zero" in graph.used_inputs:
         body.append("zero = torch.zeros([], dtype=x.dtype, device=x.device)")
-    fold = output_scale(graph)
-    for node, op, inputs in graph.rows()[:-1] if fold else graph.rows():
-        spec = get_op(op)
-        expr = spec.code.format(*(names[s] for s in inputs), buffer=buffers.get(node, ""))
+    def line(node: str, op: str, inputs: tuple[str, ...]) -> str:
+        expr = get_op(op).code.format(*(names[s] for s in inputs), buffer=buffers.get(node, ""))
         expr = expr.replace("(x.expand_as(x)", "(x")  # a no-op view in the compiler; left out for reading
         comment = subs[node] if len(subs[node]) <= 70 else subs[node][:67] + "..."
-        body.append(f"{names[node]} = {expr}  # {comment}")
+        return f"{names[node]} = {expr}  # {comment}"
+
+    rows = graph.rows()
+    body += [line(*row) for row in rows[:-1]]
+    fold = output_scale(graph)
     if fold:  # the output's scale folds into the affine weight, exactly as compile_graph does it
         body_node, scale, op = fold
-        body.append(f"weight = weight {'/' if op == 'div' else '*'} {names[scale]}  # {graph.formula()}")
-        body.append(f"x = {names[body_node]}")
+        body += ["if x.dtype == torch.float16:  # the folded weight could leave float16's range",
+                 f"    {line(*rows[-1])}", "    x = out.expand_as(x)", "else:",
+                 f"    weight = weight {'/' if op == 'div' else '*'} {names[scale]}  # {graph.formula()}"]
+        if names[body_node] != "x":
+            body.append(f"    x = {names[body_node]}")
     else:
-        body.append("x = out.expand_as(x)")
+        body += [line(*rows[-1]), "x = out.expand_as(x)"]
 
     batch_note = "uses batch statistics (running moments in eval mode)" if buffers else "batch-independent"
     return _TEMPLATE.format(

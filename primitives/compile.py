@@ -28,7 +28,7 @@ def output_scale(graph: LayerGraph) -> tuple[str, str, str] | None:
 
     The layer then folds the scale into its affine weight, ``body * (weight op scale) + bias``: one
     full-size pass less forward and about three less backward, on the pattern that ends most normalizing
-    layers (S0 is ``... / std_group(x)``).
+    layers (S0 is ``... / std_group(x)``). Not in float16, whose range the folded weight can leave.
     """
     op, (a, b) = graph.op(graph.output), (graph.inputs(graph.output) + (None,))[:2]
     full = graph.full_size
@@ -89,7 +89,7 @@ class GraphLayer(nn.Module):
             self.register_buffer(name, torch.empty(self.num_features, **factory_kwargs))
         last_use = {src: i for i, (_, _, inputs) in enumerate(rows) for src in inputs}
         plan = []
-        for i, (node, op, inputs) in enumerate(rows[:-1] if self._fold else rows):  # forward applies a folded output
+        for i, (node, op, inputs) in enumerate(rows):
             free = tuple(sorted({src for src in inputs if last_use[src] == i}))
             plan.append((node, get_op(op), inputs, buffers.get(node), free))
         return plan
@@ -138,14 +138,17 @@ class GraphLayer(nn.Module):
             for name in ("v0", "v1"):
                 if getattr(self, name) is not None:
                     values[name] = self._channel(getattr(self, name), x)
-            for node, op, inputs, buffer, free in self._plan:
+            # fp16's range is too narrow for the fold: weight / scale or its gradient (a sum of g * body, not
+            # of g * body / scale) can overflow where the unfolded layer stays finite
+            fold = self._fold if x.dtype != torch.float16 else None
+            for node, op, inputs, buffer, free in self._plan[:-1] if fold else self._plan:
                 args = [values[src] for src in inputs]
                 values[node] = op.fn(*args) if op.fn is not None else self._aggregate(op, args[0], x, buffer)
                 for src in free:
                     if src not in INPUTS:
                         del values[src]
-            if self._fold:
-                body, scale, op = self._fold
+            if fold:
+                body, scale, op = fold
                 weight = weight / values[scale] if op == "div" else weight * values[scale]
                 x = values[body]
             else:

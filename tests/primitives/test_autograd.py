@@ -42,11 +42,16 @@ def test_maximum_gives_ties_to_its_first_argument():
     b = torch.ones(3, requires_grad=True)
     maximum(a, b).sum().backward()
     assert a.grad.tolist() == [1.0, 1.0, 1.0] and b.grad.tolist() == [0.0, 0.0, 0.0]
+    inf = torch.tensor([float("inf"), -float("inf")], requires_grad=True)
+    other = inf.detach().clone().requires_grad_(True)
+    maximum(inf, other).sum().backward()  # Inf - Inf is NaN, yet the tie still goes to the first argument
+    assert inf.grad.tolist() == [1.0, 1.0] and other.grad.tolist() == [0.0, 0.0]
 
 
-@pytest.mark.parametrize("shape_b", [(3, 4, 2, 2), (1, 4, 1, 1)])
-def test_divide_gradients_and_ieee(shape_b):
-    a = torch.randn(3, 4, 2, 2, dtype=torch.float64, requires_grad=True)
+@pytest.mark.parametrize("shape_a, shape_b", [((3, 4, 2, 2), (3, 4, 2, 2)), ((3, 4, 2, 2), (1, 4, 1, 1)),
+                                              ((1, 4, 1, 1), (3, 4, 2, 2)), ((3, 1, 2, 2), (1, 4, 1, 1))])
+def test_divide_gradients_and_ieee(shape_a, shape_b):
+    a = torch.randn(shape_a, dtype=torch.float64, requires_grad=True)
     b = (torch.rand(shape_b, dtype=torch.float64) + 0.5).requires_grad_(True)
     assert torch.autograd.gradcheck(divide, (a, b)) and torch.autograd.gradgradcheck(divide, (a, b))
     out = divide(torch.tensor([1.0, 0.0, -1.0]), torch.zeros(3))

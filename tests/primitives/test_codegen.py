@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from evonorm import seeds
-from primitives import PAPER_OPS, compile_graph, layer_source, mutate, random_graph
+from primitives import PAPER_OPS, LayerGraph, compile_graph, layer_source, mutate, random_graph
 
 
 def load_layer(graph, tmp_path, name="Generated"):
@@ -51,6 +51,29 @@ def test_generated_layer_is_bit_identical_to_the_compiled_graph(graph, tmp_path)
         assert torch.equal(getattr(generated, name), buf)
     assert graph.formula() in (cls.__doc__ or "")
     assert "apply_act=True" in repr(generated)
+
+
+FOLD_CASES = [  # outputs the compiler folds into the affine weight, and outputs it must leave alone
+    [("n1", "mul", ("x", "v1"))],
+    [("n1", "std_group", ("x",)), ("n2", "mul", ("n1", "x"))],
+    [("n1", "std_batch", ("x",)), ("n2", "div", ("x", "n1"))],
+    [("n1", "sigmoid", ("x",)), ("n2", "std_layer", ("x",)), ("n3", "div", ("n1", "n2"))],
+    [("n1", "std_batch", ("x",)), ("n2", "mean_batch", ("x",)), ("n3", "mul", ("n1", "n2"))],  # reduced
+]
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("rows", FOLD_CASES, ids=lambda rows: LayerGraph.from_nodes(rows).formula())
+def test_generated_layer_folds_the_output_scale_as_the_compiler_does(rows, dtype, tmp_path):
+    graph = LayerGraph.from_nodes(rows)
+    generated = load_layer(graph, tmp_path)(8, groups=4).to(dtype)
+    compiled = compile_graph(graph, 8, groups=4).to(dtype)
+    same_state(generated, compiled, seed=2)
+    gen = torch.Generator().manual_seed(3)
+    for train in (True, False):
+        generated.train(train), compiled.train(train)
+        x = torch.randn(2, 8, 3, 3, generator=gen).to(dtype)
+        torch.testing.assert_close(generated(x), compiled(x), rtol=0, atol=0, equal_nan=True)
 
 
 @pytest.mark.parametrize("name", ["evonorm_b0", "evonorm_s0"])

@@ -9,6 +9,7 @@ from hypothesis import given, strategies as st
 
 from primitives import PAPER_OPS, LayerGraph, compile_graph, random_graph
 from primitives import ops as ops_module
+from primitives.compile import output_scale
 
 from .reference import run_graph
 
@@ -175,3 +176,51 @@ def test_group_fallback_uses_the_largest_divisor():
     x = torch.randn(2, 40, 3, 3, dtype=torch.float64)
     expected = run_graph(graph_of(S0), x.numpy(), params, groups=20)
     torch.testing.assert_close(layer(x), torch.from_numpy(np.ascontiguousarray(expected)))
+
+
+def _graph(*rows):
+    return LayerGraph.from_nodes([(f"n{i}", op, tuple(inputs)) for i, (op, *inputs) in enumerate(rows, 1)])
+
+
+@pytest.mark.parametrize("rows, expected", [
+    ((("mul", "x", "v1"),), ("x", "v1", "mul")),
+    ((("std_group", "x"), ("mul", "n1", "x")), ("x", "n1", "mul")),
+    ((("std_batch", "x"), ("div", "x", "n1")), ("x", "n1", "div")),
+    ((("sigmoid", "x"), ("std_layer", "x"), ("div", "n1", "n2")), ("n1", "n2", "div")),
+    ((("std_group", "x"), ("mul", "v1", "n1")), None),   # both reduced: the output is not full-size
+    ((("std_group", "x"), ("div", "n1", "x")), None),    # a full-size denominator
+    ((("mul", "x", "x"),), None),
+    ((("std_group", "x"), ("add", "x", "n1")), None),
+])
+def test_output_scale_folds_exactly_a_full_body_times_or_over_a_reduced_scale(rows, expected):
+    graph = _graph(*rows).pruned()
+    assert output_scale(graph) == expected
+    assert {"x"} <= graph.full_size and "v1" not in graph.full_size
+
+
+@pytest.mark.parametrize("rows", [(("mul", "x", "v1"),), (("std_group", "x"), ("div", "x", "n1")),
+                                  (("sigmoid", "x"), ("std_instance", "x"), ("div", "n1", "n2"))])
+def test_folded_layer_matches_the_unfolded_formula(rows):
+    """The fold changes rounding only; float16 does not fold, so its range is the plain formula's."""
+    graph = _graph(*rows)
+    layer = compile_graph(graph, 8, groups=4).double()
+    with torch.no_grad():
+        for p in layer.parameters():
+            p.uniform_(0.5, 2.0)
+    x = torch.randn(4, 8, 3, 3, dtype=torch.float64, requires_grad=True)
+    unfolded = compile_graph(graph, 8, groups=4).double()
+    unfolded.load_state_dict(layer.state_dict())
+    unfolded._fold = None
+    assert layer._fold is not None
+    y, y_ref = layer(x), unfolded(x)
+    torch.testing.assert_close(y, y_ref, rtol=1e-12, atol=1e-12)
+    grads = torch.autograd.grad(y.square().sum(), [x, *layer.parameters()])
+    grads_ref = torch.autograd.grad(y_ref.square().sum(), [x, *unfolded.parameters()])
+    for g, g_ref in zip(grads, grads_ref):
+        torch.testing.assert_close(g, g_ref, rtol=1e-10, atol=1e-10)
+    # float16: a tiny divisor and large weight, where weight / scale alone would overflow
+    half = compile_graph(_graph(("div", "x", "v0")), 8).half()
+    with torch.no_grad():
+        half.v0.fill_(1e-4), half.weight.fill_(10.0)
+    x16 = torch.full((2, 8, 3, 3), 1e-2, dtype=torch.float16)
+    assert torch.isfinite(half(x16)).all()
