@@ -183,7 +183,7 @@ def plot(rows: list[dict], layers, path: Path, title: str) -> None:
 
 
 def _csv_list(text: str, kind=str) -> list:
-    return [kind(item) for item in text.split(",") if item.strip()]
+    return [kind(item.strip()) for item in text.split(",") if item.strip()]
 
 
 def main(argv=None) -> int:

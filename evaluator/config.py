@@ -13,7 +13,8 @@ from typing import Any, Callable, Iterable, Mapping
 
 import yaml
 
-__all__ = ["ConfigError", "DEFAULTS", "CHECKS", "ARCHS", "load_config", "apply_overrides", "merge", "dump_config"]
+__all__ = ["ConfigError", "DEFAULTS", "CHECKS", "ARCHS", "load_config", "apply_overrides", "merge", "dump_config",
+           "check_scoring"]
 
 
 class ConfigError(ValueError):
@@ -246,3 +247,10 @@ def load_config(path: str | os.PathLike | None = None, overrides: Iterable[str] 
 
 def dump_config(cfg: Mapping[str, Any]) -> str:
     return yaml.safe_dump(dict(cfg), sort_keys=False)
+
+
+def check_scoring(cfg: Mapping[str, Any]) -> None:
+    """Refuse a config without a validation split that still asks for validation accuracy."""
+    if not cfg["data"]["val_fraction"] and (cfg["quality"]["enabled"] or not cfg["train"]["test"]):
+        raise ConfigError("data.val_fraction is 0, so there are no validation images: set quality.enabled: "
+                          "false (its check reads them) and train.test: true (the test batch gives the score)")

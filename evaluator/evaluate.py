@@ -29,7 +29,7 @@ import torch
 
 from primitives import LayerGraph
 
-from .config import DEFAULTS, ConfigError
+from .config import DEFAULTS, check_scoring
 from .data import Dataset, load_dataset
 from .fingerprint import fingerprint
 from .models import Layer, NormActFactory, build_model, layer_name, resolve_layer
@@ -121,9 +121,7 @@ class Evaluator:
     """
 
     def __init__(self, cfg: Mapping[str, Any] = DEFAULTS, data: Dataset | None = None):
-        if not cfg["data"]["val_fraction"] and (cfg["quality"]["enabled"] or not cfg["train"]["test"]):
-            raise ConfigError("data.val_fraction is 0, so there are no validation images: set quality.enabled: "
-                              "false (its check reads them) and train.test: true (the test batch gives the score)")
+        check_scoring(cfg)
         self.cfg = cfg
         torch.set_num_threads(cfg["train"]["threads"])
         self.device = pick_device(cfg["train"]["device"])

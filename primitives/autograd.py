@@ -4,8 +4,8 @@ Autograd's own backward of ``torch.maximum`` (masks, ``masked_fill``, tie splitt
 two-pass variance take several full passes each; these Functions take one to three (the element-wise costs
 that decide them were measured on this project's 2-core CPU machines, torch 2.14). Their forward passes are
 the very functions of ``primitives.stats``, ``torch.maximum`` and ``torch.div``, so outputs are bit-identical
-to the plain path (and to exported layers). Backward passes are written with differentiable torch ops on saved inputs (or outputs), so
-double backward (the evaluator's stability check) works through them.
+to the plain path (and to exported layers). Backward passes are written with differentiable torch ops on
+saved inputs (or outputs), so double backward (the evaluator's stability check) works through them.
 """
 from __future__ import annotations
 

@@ -35,6 +35,7 @@ import numpy as np
 from tqdm import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
+from evaluator.config import check_scoring
 from evaluator.data import DataError
 from evaluator.evaluate import EvalRecord, Evaluator, derive_seed
 
@@ -136,7 +137,9 @@ def rerank_config(run_dir: str | os.PathLike, steps: Optional[int] = None, overr
     if workers is not None:
         settings += ["executor.kind=serial"] if workers == 0 else ["executor.kind=ray",
                                                                   f"executor.num_workers={workers}"]
-    return load_config(path, [*settings, *overrides], check_search=False)
+    cfg = load_config(path, [*settings, *overrides], check_search=False)
+    check_scoring(cfg)  # here, not in a Ray worker, where it would read as a worker that cannot start
+    return cfg
 
 
 def rerank_seeds(run_seed: int, count: int) -> tuple[int, ...]:

@@ -109,3 +109,13 @@ def test_a_run_without_passed_candidates_is_refused(tmp_path):
     run(tiny_real_config("search.max_evaluations=3"), out, evaluator_factory=_RejectAll)
     code, _, err = cli(out, "--workers", 0)
     assert code == 2 and "no search candidate" in err and not (out / "rerank.csv").exists()
+
+
+def test_an_override_that_asks_for_validation_accuracy_is_refused_before_any_worker_starts(tmp_path):
+    from search.rerank import rerank_config
+    from search.config import ConfigError as SearchConfigError
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    (run_dir / "config.yaml").write_text("data: {synthetic: true}\n")
+    with pytest.raises(SearchConfigError, match="val_fraction is 0"):
+        rerank_config(run_dir, overrides=["quality.enabled=true"])
