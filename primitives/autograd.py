@@ -28,7 +28,8 @@ class _Maximum(torch.autograd.Function):
     def backward(ctx, grad):
         a, b = ctx.saved_tensors
         with torch.no_grad():  # piecewise constant: no gradient flows through the mask
-            to_a = (a - b).sign_().add_(1).clamp_(max=1)  # 1 where a >= b or either is NaN; 2.5x faster than a bool mask on CPU
+            # 1 where a >= b or either is NaN; 2.5x faster on CPU than multiplying by a bool mask
+            to_a = (a - b).sign_().add_(1).clamp_(max=1)
         grad_a = grad * to_a
         return grad_a.sum_to_size(a.shape), (grad - grad_a).sum_to_size(b.shape)
 
