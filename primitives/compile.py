@@ -45,12 +45,12 @@ class GraphLayer(nn.Module):
     .. math::
         y = g(x) \cdot \mathrm{weight} + \mathrm{bias}
 
-    where g is the pruned graph (when g ends by scaling a full-size value by a reduced one, the scale is
-    folded into ``weight``: see ``output_scale``). ``v0`` (init 0) and ``v1`` (init 1) are per-channel
-    parameters that exist only when the graph reads them. Batch aggregates keep running moments
-    (``running_var``, ``running_msq``, ``running_mean``, suffixed with the node id when one graph has several of a kind), updated in training
-    with ``momentum`` from the biased batch moment and used in eval mode, eps added where the root is taken.
-    Statistics reduce in float32 for fp16/bf16 inputs. ``apply_act=False`` gives the affine-only form.
+    where g is the pruned graph (when g ends by scaling a full-size value by a reduced one, the scale is folded
+    into ``weight``: see ``output_scale``). ``v0`` (init 0) and ``v1`` (init 1) are per-channel parameters that
+    exist only when the graph reads them. Batch aggregates keep running moments (``running_var``,
+    ``running_msq``, ``running_mean``, suffixed with the node id when one graph has several of a kind), updated
+    in training with ``momentum`` from the biased batch moment and used in eval mode, eps added where the root
+    is taken. Statistics reduce in float32 for fp16/bf16 inputs. ``apply_act=False`` gives the affine-only form.
 
     Shape: (N, C, *spatial) -> same; channels_last inputs work.
     """
