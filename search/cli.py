@@ -18,7 +18,8 @@ from evaluator.data import DataError
 from .config import ConfigError, find_config, load_config
 from .executor import ExecutorError
 from .journal import JournalError
-from .results import RunResult, describe_fitness
+from .leaderboard import leaderboard
+from .results import RunResult, describe_fitness, open_run
 from .driver import default_run_dir, resume, run
 
 __all__ = ["main"]
@@ -90,8 +91,11 @@ def _report(result: RunResult) -> None:
     print(f"run directory: {result.run_dir}  (stopped: {result.stop_reason})")
     for line in result.summary.lines():
         print(f"  {line}")
+    board = leaderboard(open_run(result.run_dir).candidates()) if result.references else []
+    places = {e.row.id: e.rank for e in board}
     for name, row in result.references.items():
-        print(f"  reference {name}: {describe_fitness(row)}")
+        place = f"  rank {places[row.id]} of {len(board)} passed" if row.id in places else ""
+        print(f"  reference {name}: {describe_fitness(row)}{place}")
     if result.best is None:
         print("  no candidate passed every check")
     else:

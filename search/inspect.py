@@ -104,13 +104,16 @@ def write_report(view: RunView, entries: Sequence[Entry], plots: dict[str, Path]
              f"architectures {', '.join(_archs(view))}.", ""]
     lines += [f"- {line}" for line in summary.lines()]
     if refs:
-        lines += ["", "## References", "", "| reference | status | " + " | ".join(_archs(view)) + " | mean |",
-                  "|---|---|" + "---|" * (len(_archs(view)) + 1)]
+        board = leaderboard(view.candidates())
+        places = {e.row.id: e.rank for e in board}
+        lines += ["", "## References", "", "| reference | status | " + " | ".join(_archs(view)) + " | mean | rank |",
+                  "|---|---|" + "---|" * (len(_archs(view)) + 2)]
         for name, r in sorted(refs.items()):
             cells = [f"{(r.fitness or {}).get(a, float('nan')):.3f}" for a in _archs(view)]
             mean = f"{r.mean_fitness:.3f}" if r.fitness else "-"
             status = f"{r.status} ({r.reason})" if r.reason else r.status
-            lines.append(f"| {name} | {status} | " + " | ".join(cells) + f" | {mean} |")
+            place = f"{places[r.id]} of {len(board)}" if r.id in places else "-"
+            lines.append(f"| {name} | {status} | " + " | ".join(cells) + f" | {mean} | {place} |")
     lines += ["", f"## Top {len(entries)} (Pareto rank, then mean validation accuracy)", "",
               table(entries, _archs(view), markdown=True), ""]
     for key, title in (("progress", "Search progress"), ("pareto", "Pareto front of the final population")):

@@ -61,6 +61,21 @@ def test_inspect_json_table_plots_and_report(run_dir):
     assert "![Search progress](plots/progress.png)" in report and "| rank |" in report
 
 
+def test_report_gives_each_reference_its_place(tmp_path):
+    out = tmp_path / "refs"
+    run(small_config("search.max_evaluations=20", "model.groups=8"), out,  # groups 8: both references pass
+        evaluator_factory=lambda c: FakeEvaluator(c))
+    with open_run(out) as view:
+        board = leaderboard(view.candidates())
+    places = {e.row.name: e.rank for e in board if e.row.role == "reference"}
+    assert set(places) == {"bn_relu", "evonorm_s0"}
+    cli("-m", "search.inspect", str(out), "--top", "1", "--plots")
+    references = (out / "report.md").read_text().split("## References")[1].split("##")[0]
+    for name, place in places.items():
+        line = next(line for line in references.splitlines() if line.startswith(f"| {name} |"))
+        assert line.endswith(f"| {place} of {len(board)} |")
+
+
 def test_inspect_refuses_a_directory_without_a_journal(tmp_path):
     result = cli("-m", "search.inspect", str(tmp_path), check=False)
     assert result.returncode == 2 and "no journal" in result.stderr
