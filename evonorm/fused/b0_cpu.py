@@ -10,11 +10,11 @@ twice, the second time from cache; channels_last uses Welford) plus an elementwi
 one pass reading ``(x, grad_y)`` for the five sums and one writing ``grad_x``; nothing full-size is
 stored in between (inductor's store-vs-recompute thresholds are raised, see ``_compile``) and each
 pass divides once per element. Saved for backward: ``x`` and four (N, C)/(C,) statistics, 1.0x the
-input against BN+ReLU's 2.0x and timm's 4.0x. ``bench/layers.py`` (2-core Xeon, AVX-512, one
-thread, torch 2.14, fwd+bwd, best of 20 interleaved steps, noisy shared machine; two runs) puts
-it at 0.60-0.71 / 0.84-0.85 / 0.93-0.94x BatchNorm2d + ReLU on 32x64x56x56 / 32x256x14x14 /
-8x128x28x28 NCHW (timm: 10-13x) and 0.96-1.34x on channels_last. The first call for a new
-shape, layout or dtype compiles (a few seconds here, cached on disk).
+input against BN+ReLU's 2.0x and timm's 4.0x. ``bench/layers.py`` (one thread, torch 2.14, fwd+bwd,
+best of interleaved steps) puts it at 0.46 / 0.41 / 0.51x BatchNorm2d + ReLU on 32x64x56x56 /
+32x256x14x14 / 8x128x28x28 NCHW on a 2-core AMD EPYC (0.60-0.94x on an earlier 2-core Xeon; timm:
+9-13x) and 1.08-1.30x on channels_last. The first call for a new shape, layout or dtype compiles (a
+few seconds here, cached on disk).
 """
 import torch
 from torch import Tensor
