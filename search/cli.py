@@ -91,7 +91,10 @@ def _report(result: RunResult) -> None:
     print(f"run directory: {result.run_dir}  (stopped: {result.stop_reason})")
     for line in result.summary.lines():
         print(f"  {line}")
-    board = leaderboard(open_run(result.run_dir).candidates()) if result.references else []
+    board = []
+    if result.references:
+        with open_run(result.run_dir) as view:
+            board = leaderboard(view.candidates())
     places = {e.row.id: e.rank for e in board}
     for name, row in result.references.items():
         place = f"  rank {places[row.id]} of {len(board)} passed" if row.id in places else ""
