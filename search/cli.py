@@ -18,7 +18,7 @@ from evaluator.data import DataError
 from .config import ConfigError, find_config, load_config
 from .executor import ExecutorError
 from .journal import JournalError
-from .leaderboard import leaderboard
+from .leaderboard import places
 from .results import RunResult, describe_fitness, open_run
 from .driver import default_run_dir, resume, run
 
@@ -91,13 +91,12 @@ def _report(result: RunResult) -> None:
     print(f"run directory: {result.run_dir}  (stopped: {result.stop_reason})")
     for line in result.summary.lines():
         print(f"  {line}")
-    board = []
+    ranked = {}
     if result.references:
         with open_run(result.run_dir) as view:
-            board = leaderboard(view.candidates())
-    places = {e.row.id: e.rank for e in board}
+            ranked = places(view.candidates())
     for name, row in result.references.items():
-        place = f"  rank {places[row.id]} of {len(board)} passed" if row.id in places else ""
+        place = f"  rank {ranked[row.id]} passed" if row.id in ranked else ""
         print(f"  reference {name}: {describe_fitness(row)}{place}")
     if result.best is None:
         print("  no candidate passed every check")

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Sequence
 
 from .journal import CandidateRow, JournalError
-from .leaderboard import Entry, leaderboard
+from .leaderboard import Entry, leaderboard, places
 from .plots import pareto_info, plot_graph, plot_pareto, plot_progress, progress_info
 from .results import RunView, open_run
 
@@ -104,16 +104,14 @@ def write_report(view: RunView, entries: Sequence[Entry], plots: dict[str, Path]
              f"architectures {', '.join(_archs(view))}.", ""]
     lines += [f"- {line}" for line in summary.lines()]
     if refs:
-        board = leaderboard(view.candidates())
-        places = {e.row.id: e.rank for e in board}
+        ranked = places(view.candidates())
         lines += ["", "## References", "", "| reference | status | " + " | ".join(_archs(view)) + " | mean | rank |",
                   "|---|---|" + "---|" * (len(_archs(view)) + 2)]
         for name, r in sorted(refs.items()):
             cells = [f"{(r.fitness or {}).get(a, float('nan')):.3f}" for a in _archs(view)]
             mean = f"{r.mean_fitness:.3f}" if r.fitness else "-"
             status = f"{r.status} ({r.reason})" if r.reason else r.status
-            place = f"{places[r.id]} of {len(board)}" if r.id in places else "-"
-            lines.append(f"| {name} | {status} | " + " | ".join(cells) + f" | {mean} | {place} |")
+            lines.append(f"| {name} | {status} | " + " | ".join(cells) + f" | {mean} | {ranked.get(r.id, '-')} |")
     lines += ["", f"## Top {len(entries)} (Pareto rank, then mean validation accuracy)", "",
               table(entries, _archs(view), markdown=True), ""]
     for key, title in (("progress", "Search progress"), ("pareto", "Pareto front of the final population")):

@@ -13,7 +13,7 @@ from typing import Optional, Sequence
 from .evolution import dominates
 from .journal import CandidateRow
 
-__all__ = ["Entry", "leaderboard", "pareto_ranks"]
+__all__ = ["Entry", "leaderboard", "pareto_ranks", "places"]
 
 
 @dataclass(frozen=True)
@@ -61,3 +61,9 @@ def leaderboard(rows: Sequence[CandidateRow], top: Optional[int] = None,
     order = sorted(range(len(passed)), key=lambda i: (ranks[i], -passed[i].mean_fitness, passed[i].id))
     entries = [Entry(k + 1, ranks[i], passed[i], 1 + found[passed[i].id]) for k, i in enumerate(order)]
     return entries[:top] if top is not None else entries
+
+
+def places(rows: Sequence[CandidateRow]) -> dict[int, str]:
+    """``"N of M"`` for each candidate that passed: its rank among the M that did (how references are read)."""
+    board = leaderboard(rows)
+    return {e.row.id: f"{e.rank} of {len(board)}" for e in board}
