@@ -29,8 +29,9 @@ DEFAULTS: dict[str, Any] = {
         "download": False,      # fetch cifar-10-python.tar.gz when the files are missing
         "synthetic": False,     # a small generated dataset, for tests and dry runs
         "synthetic_size": 2000,  # training images of the synthetic dataset (test: a fifth of it)
-        "val_fraction": 0.1,    # held out from the training files; the search's fitness (0: none, every
-                                # training image trains, for final retraining scored with train.test)
+        "val_size": 1000,       # images held out from the training files, whatever their number; the
+                                # search's fitness (0: none, every training image trains, for final
+                                # retraining scored with train.test)
         "max_train": 0,         # use at most this many training images (0: all)
         "augment": True,        # random crop (pad 4) and horizontal flip
     },
@@ -82,7 +83,7 @@ def _positive(v) -> bool:
 CHECKS: dict[str, tuple[Callable[[Any], bool], str]] = {
     "data.root": (lambda v: v is None or isinstance(v, str), "a path string or null"),
     "data.synthetic_size": (lambda v: v >= 20, "at least 20"),
-    "data.val_fraction": (lambda v: 0.0 <= v < 1.0, "a fraction in [0, 1) (0: no validation split)"),
+    "data.val_size": (lambda v: v >= 0, "0 (no validation split) or a positive number of images"),
     "data.max_train": (lambda v: v >= 0, "0 (all) or a positive count"),
     "model.archs": (lambda v: bool(v) and all(a in ARCHS for a in v) and len(set(v)) == len(v),
                     f"a non-empty list of distinct names from {list(ARCHS)}"),
@@ -251,6 +252,6 @@ def dump_config(cfg: Mapping[str, Any]) -> str:
 
 def check_scoring(cfg: Mapping[str, Any]) -> None:
     """Refuse a config without a validation split that still asks for validation accuracy."""
-    if not cfg["data"]["val_fraction"] and (cfg["quality"]["enabled"] or not cfg["train"]["test"]):
-        raise ConfigError("data.val_fraction is 0, so there are no validation images: set quality.enabled: "
+    if not cfg["data"]["val_size"] and (cfg["quality"]["enabled"] or not cfg["train"]["test"]):
+        raise ConfigError("data.val_size is 0, so there are no validation images: set quality.enabled: "
                           "false (its check reads them) and train.test: true (the test batch gives the score)")

@@ -215,14 +215,18 @@ def normalize(images: torch.Tensor) -> torch.Tensor:
 
 
 def load_dataset(data_cfg: Mapping[str, Any], seed: int = 0) -> Dataset:
-    """Read (or generate) the images and hold out ``val_fraction`` of the training files, fixed by ``seed``
-    (none when it is 0: final retraining uses every training image and scores on the test batch)."""
+    """Read (or generate) the images and hold out ``val_size`` of the training images, fixed by ``seed``
+    (none when it is 0: final retraining uses every training image and scores on the test batch). A fixed
+    count, not a fraction, so that a validation costs the same on any dataset."""
     if data_cfg["synthetic"]:
         (train_x, train_y), (test_x, test_y) = synthetic_cifar10(data_cfg["synthetic_size"], seed)
     else:
         (train_x, train_y), (test_x, test_y) = read_cifar10(data_cfg["root"], data_cfg["download"])
     order = torch.randperm(len(train_y), generator=torch.Generator().manual_seed(seed))
-    num_val = max(1, round(len(order) * data_cfg["val_fraction"])) if data_cfg["val_fraction"] else 0
+    num_val = data_cfg["val_size"]
+    if num_val >= len(order):
+        raise DataError(f"data.val_size={num_val} holds out every one of the {len(order)} training images; "
+                        "lower it so that some remain to train on")
     val, train = order[:num_val], order[num_val:]
     if data_cfg["max_train"]:
         train = train[:data_cfg["max_train"]]

@@ -8,7 +8,7 @@ The order spends as little as possible on bad candidates:
    architecture has not been trained to the end on the first);
 3. for each architecture: train to ``train.steps``; fitness is the validation accuracy per architecture.
 
-Final retraining (``search.rerank``) sets ``data.val_fraction: 0``: every training image trains, the quality
+Final retraining (``search.rerank``) sets ``data.val_size: 0``: every training image trains, the quality
 check (which reads validation accuracy) is off, and ``train.test`` gives the only score.
 
 ``Evaluator.evaluate`` never raises for a bad candidate: NaN/Inf in training, exceptions and the time limit

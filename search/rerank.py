@@ -3,7 +3,7 @@
 The search scores each candidate once, with one seed and a short schedule, so its ranking is noisy. Re-ranking
 retrains the top ``--top`` search candidates (in the order ``search.inspect`` shows: Pareto rank, then mean
 accuracy) and the run's references from scratch: ``--seeds`` seeds each, ``--steps`` steps (default
-``STEPS_FACTOR`` times the search's ``train.steps``), on every training image (``data.val_fraction=0``), with the
+``STEPS_FACTOR`` times the search's ``train.steps``), on every training image (``data.val_size=0``), with the
 rejection checks off (the candidates passed them already), scored on the test batch. Everything else comes from
 the run's ``config.yaml``; ``--set key=value`` is applied last. Seed ``i`` is the same for every candidate
 (derived from the run seed and ``i``), so every layer sees the same data orders and weight-initialisation seeds:
@@ -131,7 +131,7 @@ def rerank_config(run_dir: str | os.PathLike, steps: Optional[int] = None, overr
     load_config(path, overrides, check_search=False)
     train = saved["train"]
     steps = steps if steps is not None else STEPS_FACTOR * train["steps"]
-    settings = ["data.val_fraction=0", "data.max_train=0", "train.test=true", f"train.steps={steps}",
+    settings = ["data.val_size=0", "data.max_train=0", "train.test=true", f"train.steps={steps}",
                 f"train.time_limit={train['time_limit'] * max(1.0, steps / train['steps'])}",
                 "prefilter.enabled=false", "quality.enabled=false", "stability.enabled=false"]
     if workers is not None:

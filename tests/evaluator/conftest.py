@@ -14,7 +14,7 @@ REPO = Path(__file__).resolve().parents[2]
 
 # Small enough that an evaluation on two tiny networks takes about a second on one thread.
 TINY = [
-    "data.synthetic=true", "data.synthetic_size=640", "data.val_fraction=0.25",
+    "data.synthetic=true", "data.synthetic_size=640", "data.val_size=160",
     "model.archs=[resnet, mobilenetv2]", "model.groups=4",
     "model.resnet.width=0.5", "model.resnet.depth=0.33", "model.resnet.stem_stride=2",
     "model.mobilenetv2.width=0.5", "model.mobilenetv2.depth=0.2", "model.mobilenetv2.stem_stride=2",

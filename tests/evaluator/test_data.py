@@ -38,9 +38,8 @@ def test_real_subset_reads_every_batch(real_root):
 
 
 def test_real_subset_split_and_normalisation(real_root):
-    ds = load_dataset(data_cfg(root=str(real_root), val_fraction=0.1), seed=3)
-    n = len(ds.train_y) + len(ds.val_y)
-    assert len(ds.val_y) == round(0.1 * n)
+    ds = load_dataset(data_cfg(root=str(real_root), val_size=1000), seed=3)
+    assert len(ds.val_y) == 1000
     # per-channel normalisation with the CIFAR-10 statistics gives roughly zero mean, unit std
     assert ds.val_x.mean((0, 2, 3)).abs().max() < 0.2
     assert (ds.val_x.std((0, 2, 3)) - 1).abs().max() < 0.2
@@ -123,7 +122,7 @@ def test_synthetic_is_deterministic_and_shaped_like_cifar():
 
 
 def test_val_split_fixed_by_seed_and_disjoint():
-    cfg = data_cfg(synthetic=True, synthetic_size=300, val_fraction=0.2)
+    cfg = data_cfg(synthetic=True, synthetic_size=300, val_size=60)
     a, b, c = load_dataset(cfg, seed=0), load_dataset(cfg, seed=0), load_dataset(cfg, seed=1)
     assert len(a.val_y) == 60 and len(a.train_y) == 240
     assert torch.equal(a.val_x, b.val_x) and not torch.equal(a.val_x, c.val_x)
@@ -131,9 +130,18 @@ def test_val_split_fixed_by_seed_and_disjoint():
     assert not any(tuple(r) in train_rows for r in a.val_x.flatten(1)[:, :64].tolist())
 
 
-def test_val_fraction_0_trains_on_every_image():
-    ds = load_dataset(data_cfg(synthetic=True, synthetic_size=300, val_fraction=0.0), seed=0)
+def test_val_size_0_trains_on_every_image():
+    ds = load_dataset(data_cfg(synthetic=True, synthetic_size=300, val_size=0), seed=0)
     assert len(ds.train_y) == 300 and len(ds.val_y) == 0 and ds.val_x.shape == (0, 3, 32, 32)
+
+
+def test_val_size_is_a_count_whatever_the_dataset_size():
+    small = load_dataset(data_cfg(synthetic=True, synthetic_size=300, val_size=50), seed=0)
+    large = load_dataset(data_cfg(synthetic=True, synthetic_size=900, val_size=50), seed=0)
+    assert len(small.val_y) == len(large.val_y) == 50
+    assert (len(small.train_y), len(large.train_y)) == (250, 850)
+    with pytest.raises(DataError, match="data.val_size=300 holds out every one of the 300 training images"):
+        load_dataset(data_cfg(synthetic=True, synthetic_size=300, val_size=300), seed=0)
 
 
 def test_max_train_caps_the_training_images():

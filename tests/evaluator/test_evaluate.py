@@ -65,12 +65,12 @@ def test_test_accuracy_when_asked(run):
 
 
 def test_without_a_validation_split_only_the_test_batch_scores(run, tiny_cfg):
-    record = run("bn_relu", "data.val_fraction=0", "train.test=true", "quality.enabled=false", NO_STABILITY,
+    record = run("bn_relu", "data.val_size=0", "train.test=true", "quality.enabled=false", NO_STABILITY,
                  "train.steps=5")
     assert record.status == "ok", record.detail
     assert record.fitness == {} and set(record.test_accuracy) == {"resnet", "mobilenetv2"}
     with pytest.raises(ConfigError, match="quality.enabled: false.*train.test: true"):
-        Evaluator(tiny_cfg("data.val_fraction=0"))
+        Evaluator(tiny_cfg("data.val_size=0"))
 
 
 def test_prefilter_rejects_nan_and_constant_without_training(run):

@@ -22,7 +22,7 @@ def write(tmp_path: Path, text: str) -> Path:
     ("train:\n  schedule: linear\n", "train.schedule"),
     ("model:\n  archs: [resnet, vgg]\n", "model.archs"),
     ("model:\n  resnet: {block: wide}\n", "model.resnet.block"),
-    ("data:\n  val_fraction: 1.5\n", "data.val_fraction"),
+    ("data:\n  val_size: -1\n", "data.val_size"),
     ("quality:\n  min_accuracy: -0.1\n", "quality.min_accuracy"),
     ("bogus: 1\n", "bogus"),
 ])

@@ -64,7 +64,7 @@ def test_a_csv_value_is_what_the_evaluator_gives_directly(run_dir, reranked):
     with open_run(run_dir) as view:
         graph = graph_from_yaml(next(c for c in view.candidates() if c.id == int(row["candidate_id"])).graph_yaml)
     cfg = rerank_config(run_dir, STEPS, workers=0)
-    assert cfg["data"]["val_fraction"] == 0 and cfg["train"]["test"] and not cfg["quality"]["enabled"]
+    assert cfg["data"]["val_size"] == 0 and cfg["train"]["test"] and not cfg["quality"]["enabled"]
     record = Evaluator(cfg).evaluate(graph, int(row["seed"]))
     assert record.fitness == {}
     assert record.test_accuracy[row["arch"]] == pytest.approx(float(row["test_accuracy"]), abs=1e-12)
@@ -117,5 +117,5 @@ def test_an_override_that_asks_for_validation_accuracy_is_refused_before_any_wor
     run_dir = tmp_path / "run"
     run_dir.mkdir()
     (run_dir / "config.yaml").write_text("data: {synthetic: true}\n")
-    with pytest.raises(SearchConfigError, match="val_fraction is 0"):
+    with pytest.raises(SearchConfigError, match="val_size is 0"):
         rerank_config(run_dir, overrides=["quality.enabled=true"])
