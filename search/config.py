@@ -14,7 +14,7 @@ from evaluator import config as evaluator_config
 from evaluator.config import ConfigError
 from evaluator.models import REFERENCES as REFERENCE_LAYERS
 from evonorm import seeds as seed_graphs
-from primitives import PAPER_OPS, S_SERIES_OPS, get_op
+from primitives import OPERATORS, PAPER_OPS, PRIORS, S_SERIES_OPS, get_op
 
 __all__ = ["SEARCH_DEFAULTS", "SEARCH_CHECKS", "OP_SETS", "RESUMABLE_KEYS", "ConfigError", "load_config",
            "resolve_ops", "find_config", "check_resume_overrides"]
@@ -29,10 +29,17 @@ SEARCH_DEFAULTS: dict[str, Any] = {
         "max_evaluations": 100,     # candidates sent to the evaluator; references and duplicates not counted
         "max_time": 0.0,            # seconds of wall-clock time, summed over resumed sessions
         "max_steps": 0,             # training steps summed over evaluations (the journal's `steps`)
-        "population_size": 20,
+        "population_size": 20,      # distinct passing members; mutation starts once it is full
         "tournament_size": 5,
+        "max_initial": 0,           # random proposals after which a partial population is mutated (0: no cap)
         "num_nodes": 10,            # intermediate nodes of a random graph
-        "mutation_nodes": 1,        # nodes redrawn per child (the paper: 1)
+        "max_nodes": 20,            # the most intermediate nodes a child may grow to
+        # the paper's generators by default, so that a run's config means what it meant when it was written;
+        # the shipped configs choose the structural ones (README, "How the search proposes candidates")
+        "prior": "uniform",         # random graphs: uniform (the paper's) | structural (typed, viable output)
+        "mutation": "paper",        # paper (any node redrawn) | structural (live nodes, insertions)
+        "mutation_nodes": 1,        # mutations per child (the paper: 1)
+        "common_random_numbers": False,  # every candidate trains with the same initialisation and data order
         "ops": ["paper"],           # op names and/or op sets: paper (all), s_series (no batch statistics)
         "seeds": [],                # seed graphs (evonorm_b0 ... evonorm_s2) that open the initial population
         "references": ["bn_relu", "evonorm_s0"],  # evaluated in the run for comparison; never population members
@@ -71,7 +78,11 @@ SEARCH_CHECKS: dict[str, tuple[Any, str]] = {
     "search.max_steps": (lambda v: v >= 0, "0 (no limit) or a positive number of steps"),
     "search.population_size": (lambda v: v >= 1, "at least 1"),
     "search.tournament_size": (lambda v: v >= 1, "at least 1"),
+    "search.max_initial": (lambda v: v >= 0, "0 (no cap) or a positive count"),
     "search.num_nodes": (lambda v: v >= 1, "at least 1"),
+    "search.max_nodes": (lambda v: v >= 1, "at least 1"),
+    "search.prior": (lambda v: v in PRIORS, " or ".join(PRIORS)),
+    "search.mutation": (lambda v: v in OPERATORS, " or ".join(OPERATORS)),
     "search.mutation_nodes": (lambda v: v >= 1, "at least 1"),
     "search.ops": (lambda v: bool(v) and all(_is_op_or_set(n) for n in v),
                    f"a non-empty list of op names or op sets {list(OP_SETS)}"),
@@ -121,12 +132,15 @@ def _check_search(cfg: Mapping[str, Any], source: str) -> None:
     if s["tournament_size"] > s["population_size"]:
         raise ConfigError(f"{source}: 'search.tournament_size' must not exceed search.population_size="
                           f"{s['population_size']}, got {s['tournament_size']}")
+    if s["max_nodes"] < s["num_nodes"]:
+        raise ConfigError(f"{source}: 'search.max_nodes' must be at least search.num_nodes={s['num_nodes']}, "
+                          f"got {s['max_nodes']}")
     if not (s["max_evaluations"] or s["max_time"] or s["max_steps"]):
         raise ConfigError(f"{source}: 'search.max_evaluations', 'search.max_time' and 'search.max_steps' are all "
                           "0 (no limit); set at least one budget")
-    if not cfg["data"]["val_fraction"]:
-        raise ConfigError(f"{source}: 'data.val_fraction' is 0, but the search's fitness is the validation "
-                          "accuracy; hold out a fraction in (0, 1)")
+    if not cfg["data"]["val_size"]:
+        raise ConfigError(f"{source}: 'data.val_size' is 0, but the search's fitness is the validation "
+                          "accuracy; hold out some training images")
 
 
 def check_resume_overrides(overrides: Iterable[str], run_dir: str | os.PathLike) -> None:

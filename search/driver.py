@@ -36,7 +36,7 @@ from .config import check_resume_overrides, load_config
 from .executor import EvaluatorFactory, Job, Outcome, make_executor
 from .journal import CandidateRow, Journal
 from .results import CONFIG_FILE, RunResult, best_candidate, describe_fitness, summarize, wall_time
-from .state import Algorithm, evaluation_seed, make_algorithm, proposal_rng, replay
+from .state import Algorithm, evaluation_seed, make_algorithm, proposal_rng, replay, tell_row
 
 __all__ = ["run", "resume", "default_run_dir", "prepare_data"]
 
@@ -182,7 +182,7 @@ class _Driver:
 
     def _restart(self, row: CandidateRow, **changes: Any) -> None:
         self.journal.update(row.id, status="running", reason=None, detail=None, finished_at=None, **changes)
-        self.backlog.append(Job(row.id, evaluation_seed(self.cfg["seed"], row.id), row.graph_yaml,
+        self.backlog.append(Job(row.id, self._eval_seed(row.id), row.graph_yaml,
                                 None if row.graph_yaml else row.name))
 
     # --- the loop -------------------------------------------------------------------------------------
@@ -286,11 +286,14 @@ class _Driver:
             id=candidate_id, role=role, graph_yaml=graph_to_yaml(graph) if graph is not None else None,
             formula=graph.formula() if graph is not None else columns.get("name"),
             batch_dependent=graph.uses_batch_stats if graph is not None else None,
-            status="running", eval_seed=evaluation_seed(self.cfg["seed"], candidate_id),
+            status="running", eval_seed=self._eval_seed(candidate_id),
             proposed_at=time.time(), **columns)
 
+    def _eval_seed(self, candidate_id: int) -> int:
+        return evaluation_seed(self.cfg["seed"], candidate_id, self.budget["common_random_numbers"])
+
     def _job(self, candidate_id: int, graph: Optional[LayerGraph], name: Optional[str]) -> Job:
-        return Job(candidate_id, evaluation_seed(self.cfg["seed"], candidate_id),
+        return Job(candidate_id, self._eval_seed(candidate_id),
                    graph_to_yaml(graph) if graph is not None else None, None if graph is not None else name)
 
     def _dispatch(self, job: Job) -> None:
@@ -327,7 +330,7 @@ class _Driver:
         if row.role == "reference":
             log.info("reference %s: %s", row.name, describe_fitness(row))
             return
-        self.algorithm.tell(row.id, row.graph, row.fitness if row.passed else None)
+        tell_row(self.algorithm, row)
         self.steps += row.steps
         if row.status in self.counts:
             self.counts[row.status] += 1

@@ -4,7 +4,13 @@ Each step samples a tournament from the population, takes the Pareto front of th
 per-architecture fitness vector (every architecture an objective to maximise), picks the parent uniformly from
 that front, and mutates it. A child that passes the evaluator joins the population; once the population is
 full the oldest member leaves (aging, as in regularized evolution, Real et al. 2019), so a lucky early
-evaluation cannot rule forever. Rejected children never join.
+evaluation cannot rule forever.
+
+The population holds distinct functions: a function (its fingerprint, else its structural hash) joins at most
+once, so a clone answered from the journal never becomes a young copy of an old lucky evaluation, and a child
+that is structurally its parent or another member is redrawn before it is proposed. Mutation starts once the
+population holds ``population_size`` members (or after ``max_initial`` random proposals, from whatever
+passed); until then the algorithm proposes random graphs.
 
 This module is pure: it holds the population and answers ``ask(rng, num_proposed)`` and ``tell(...)``, drawing
 only from the ``random.Random`` it is given. The driver gives every proposal its own generator, derived from
@@ -18,9 +24,13 @@ from collections import deque
 from dataclasses import dataclass
 from typing import Mapping, Optional, Sequence
 
-from primitives import LayerGraph, mutate, random_graph
+from primitives import LayerGraph, mutate, random_graph, viable
 
-__all__ = ["Proposal", "Member", "dominates", "pareto_front", "Evolution"]
+__all__ = ["Proposal", "Member", "dominates", "pareto_front", "Evolution", "MAX_REDRAWS"]
+
+# Mutations tried per child before a clone of a member (or, under the structural prior, a non-viable child)
+# is proposed anyway; the driver then answers it from the journal.
+MAX_REDRAWS = 100
 
 
 @dataclass(frozen=True)
@@ -39,6 +49,7 @@ class Member:
     id: int
     graph: LayerGraph
     fitness: Mapping[str, float]
+    structural_hash: str = ""
 
 
 def dominates(a: Mapping[str, float], b: Mapping[str, float]) -> bool:
@@ -54,20 +65,26 @@ def pareto_front(members: Sequence[Member]) -> list[Member]:
 
 
 class Evolution:
-    """Aging evolution with Pareto tournaments.
+    """Aging evolution with Pareto tournaments over a population of distinct functions.
 
     Args:
         ops: the op set that random graphs and mutations draw from (e.g. no batch aggregates for S-series).
-        population_size: members kept; the oldest leaves when a child joins a full population. The first
-            ``population_size`` proposals are the seed graphs and then random graphs.
+        population_size: members kept; the oldest leaves when a child joins a full population.
         tournament_size: members sampled per tournament (fewer while the population is smaller).
         num_nodes: intermediate nodes of a random graph.
         seeds: ``(name, graph)`` pairs proposed first, as members of the initial population.
-        mutation_nodes: nodes redrawn per child (the paper redraws one).
+        mutation_nodes: mutations applied per child (the paper: 1).
+        prior: ``structural`` or ``uniform`` (the paper's), for random graphs and children
+            (``primitives.random_graph``).
+        mutation: ``structural`` or ``paper`` (``primitives.mutate``).
+        max_initial: random proposals after which a partial (non-empty) population is mutated anyway;
+            0 proposes random graphs until the population is full.
+        max_nodes: the most intermediate nodes a child may grow to (structural mutation inserts nodes).
     """
 
     def __init__(self, ops: Sequence[str], population_size: int, tournament_size: int, num_nodes: int = 10,
-                 seeds: Sequence[tuple[str, LayerGraph]] = (), mutation_nodes: int = 1):
+                 seeds: Sequence[tuple[str, LayerGraph]] = (), mutation_nodes: int = 1, prior: str = "uniform",
+                 mutation: str = "paper", max_initial: int = 0, max_nodes: Optional[int] = None):
         if population_size < 1:
             raise ValueError(f"population_size must be at least 1, got {population_size}")
         if not 1 <= tournament_size <= population_size:
@@ -75,34 +92,54 @@ class Evolution:
                              f"got {tournament_size}")
         if mutation_nodes < 1:
             raise ValueError(f"mutation_nodes must be at least 1, got {mutation_nodes}")
+        if max_initial < 0:
+            raise ValueError(f"max_initial must be 0 (no cap) or positive, got {max_initial}")
         self.ops = tuple(ops)
         self.population_size = population_size
         self.tournament_size = tournament_size
         self.num_nodes = num_nodes
         self.seeds = tuple(seeds)
         self.mutation_nodes = mutation_nodes
+        self.prior = prior
+        self.mutation = mutation
+        self.max_initial = max_initial
+        self.max_nodes = max_nodes
         self._population: deque[Member] = deque()
+        self._joined: set[str] = set()  # fingerprints and structural hashes of every member there has been
 
     @property
     def population(self) -> tuple[Member, ...]:
         """The members, oldest first."""
         return tuple(self._population)
 
-    def ask(self, rng: random.Random, num_proposed: int) -> Proposal:
-        """The next graph to evaluate, given how many this algorithm has proposed before it.
+    def mutating(self, num_proposed: int) -> bool:
+        """Whether proposal ``num_proposed`` mutates a member (else it is a seed or a random graph)."""
+        if num_proposed < len(self.seeds) or not self._population:
+            return False
+        if len(self._population) >= self.population_size:
+            return True
+        return bool(self.max_initial) and num_proposed - len(self.seeds) >= self.max_initial
 
-        When the population is empty after the initial proposals (everything so far was rejected), it keeps
-        proposing random graphs.
-        """
+    def ask(self, rng: random.Random, num_proposed: int) -> Proposal:
+        """The next graph to evaluate, given how many this algorithm has proposed before it."""
         if num_proposed < len(self.seeds):
             name, graph = self.seeds[num_proposed]
             return Proposal(graph, "seed", name=name)
-        if num_proposed < self.population_size or not self._population:
-            return Proposal(random_graph(rng, self.ops, self.num_nodes), "initial")
+        taken = {m.structural_hash for m in self._population}
+        if not self.mutating(num_proposed):
+            graph = random_graph(rng, self.ops, self.num_nodes, self.prior)
+            for _ in range(MAX_REDRAWS):
+                if graph.structural_hash() not in taken:
+                    break
+                graph = random_graph(rng, self.ops, self.num_nodes, self.prior)
+            return Proposal(graph, "initial")
         parent = self.select(rng)
-        child = parent.graph
-        for _ in range(self.mutation_nodes):
-            child = mutate(child, rng, self.ops)
+        for _ in range(MAX_REDRAWS):
+            child = parent.graph
+            for _ in range(self.mutation_nodes):
+                child = mutate(child, rng, self.ops, self.mutation, self.max_nodes)
+            if child.structural_hash() not in taken and (self.prior == "uniform" or viable(child)):
+                break
         return Proposal(child, "child", parent_id=parent.id)
 
     def select(self, rng: random.Random) -> Member:
@@ -112,10 +149,16 @@ class Evolution:
         tournament.sort(key=lambda m: m.id)
         return rng.choice(pareto_front(tournament))
 
-    def tell(self, candidate_id: int, graph: LayerGraph, fitness: Optional[Mapping[str, float]]) -> None:
-        """Record a finished evaluation; ``fitness`` is None when the candidate was rejected or failed."""
+    def tell(self, candidate_id: int, graph: LayerGraph, fitness: Optional[Mapping[str, float]],
+             fingerprint: Optional[str] = None) -> None:
+        """Record a finished evaluation; ``fitness`` is None when the candidate was rejected or failed. A
+        function that has been a member before (same ``fingerprint`` or structural hash) does not join."""
         if fitness is None:
             return
-        self._population.append(Member(candidate_id, graph, dict(fitness)))
+        keys = {graph.structural_hash()} | ({fingerprint} if fingerprint else set())
+        if keys & self._joined:
+            return
+        self._joined |= keys
+        self._population.append(Member(candidate_id, graph, dict(fitness), graph.structural_hash()))
         if len(self._population) > self.population_size:
             self._population.popleft()

@@ -21,7 +21,7 @@ from primitives import INPUTS, LayerGraph  # noqa: E402
 
 from .evolution import pareto_front  # noqa: E402
 from .journal import CandidateRow  # noqa: E402
-from .state import make_algorithm  # noqa: E402
+from .state import make_algorithm, tell_row  # noqa: E402
 
 __all__ = ["Progress", "progress_info", "plot_progress", "ParetoInfo", "pareto_info", "plot_pareto", "plot_graph",
            "RerankPoint", "plot_rerank"]
@@ -51,7 +51,7 @@ def progress_info(rows: Sequence[CandidateRow], cfg: Mapping[str, Any], label: s
     xs, best, median, passed = [], [], [], []
     spent, top = 0.0, None
     for row in told:
-        algorithm.tell(row.id, row.graph, row.fitness if row.passed else None)
+        tell_row(algorithm, row)
         spent += (row.duplicate_of is None) if budget == "evaluations" else row.steps  # duplicates cost nothing
         if row.passed and row.fitness:
             passed.append(row.mean_fitness)

@@ -19,7 +19,7 @@ from .evolution import Evolution
 from .journal import CandidateRow
 from .random_search import RandomSearch
 
-__all__ = ["Algorithm", "make_algorithm", "replay", "proposal_rng", "evaluation_seed"]
+__all__ = ["Algorithm", "make_algorithm", "replay", "tell_row", "proposal_rng", "evaluation_seed"]
 
 Algorithm = Union[Evolution, RandomSearch]
 
@@ -29,16 +29,23 @@ def make_algorithm(cfg: Mapping[str, Any]) -> Algorithm:
     ops = resolve_ops(s["ops"])
     seeds = [(name, seed_graphs.get(name)) for name in s["seeds"]]
     if s["algorithm"] == "random":
-        return RandomSearch(ops, s["num_nodes"], seeds)
-    return Evolution(ops, s["population_size"], s["tournament_size"], s["num_nodes"], seeds, s["mutation_nodes"])
+        return RandomSearch(ops, s["num_nodes"], seeds, s["prior"])
+    return Evolution(ops, s["population_size"], s["tournament_size"], s["num_nodes"], seeds, s["mutation_nodes"],
+                     prior=s["prior"], mutation=s["mutation"], max_initial=s["max_initial"],
+                     max_nodes=s["max_nodes"])
 
 
 def replay(algorithm: Algorithm, rows: Sequence[CandidateRow]) -> Algorithm:
     """Tell ``algorithm`` every finished search candidate in the order the run told them; returns it."""
     told = sorted((r for r in rows if r.told_seq is not None and r.role != "reference"), key=lambda r: r.told_seq)
     for row in told:
-        algorithm.tell(row.id, row.graph, row.fitness if row.passed else None)
+        tell_row(algorithm, row)
     return algorithm
+
+
+def tell_row(algorithm: Algorithm, row: CandidateRow) -> None:
+    """Tell ``algorithm`` one journaled result: its fitness if it passed, and its function's fingerprint."""
+    algorithm.tell(row.id, row.graph, row.fitness if row.passed else None, row.fingerprint)
 
 
 def _digest(*parts: Any) -> bytes:
@@ -50,6 +57,7 @@ def proposal_rng(run_seed: int, candidate_id: int) -> random.Random:
     return random.Random(_digest(run_seed, "propose", candidate_id))
 
 
-def evaluation_seed(run_seed: int, candidate_id: int) -> int:
-    """The seed the evaluator trains candidate ``candidate_id`` with (31 bits)."""
-    return int.from_bytes(_digest(run_seed, "evaluate", candidate_id)[:4], "big") >> 1
+def evaluation_seed(run_seed: int, candidate_id: int, common: bool = False) -> int:
+    """The seed the evaluator trains candidate ``candidate_id`` with (31 bits). With ``common`` (common random
+    numbers) every candidate of the run gets the same one: the same initialisation and data order."""
+    return int.from_bytes(_digest(run_seed, "evaluate", "common" if common else candidate_id)[:4], "big") >> 1

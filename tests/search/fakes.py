@@ -18,7 +18,7 @@ from search.config import load_config
 # A real evaluation on tiny synthetic data: about a second for a candidate that trains on both networks; the
 # quality threshold is off because nothing learns much in 10 steps on 640 synthetic images.
 TINY_REAL = [
-    "data.synthetic=true", "data.synthetic_size=640", "data.val_fraction=0.25",
+    "data.synthetic=true", "data.synthetic_size=640", "data.val_size=160",
     "model.archs=[resnet, mobilenetv2]", "model.groups=4",
     "model.resnet.width=0.5", "model.resnet.depth=0.33", "model.resnet.stem_stride=2",
     "model.mobilenetv2.width=0.5", "model.mobilenetv2.depth=0.2", "model.mobilenetv2.stem_stride=2",
@@ -28,7 +28,8 @@ TINY_REAL = [
 
 # Search settings small enough for a fake run of a few seconds.
 SMALL_SEARCH = [
-    "search.population_size=6", "search.tournament_size=3", "search.num_nodes=6",
+    "search.population_size=6", "search.tournament_size=3", "search.num_nodes=6", "search.max_nodes=12",
+    "search.prior=structural", "search.mutation=structural", "search.max_initial=12",
     "search.seeds=[evonorm_s0]", "search.references=[bn_relu, evonorm_s0]", "executor.kind=serial",
 ]
 

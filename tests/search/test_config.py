@@ -24,6 +24,14 @@ def test_paper_configs_follow_the_paper():
     assert resolve_ops(s["search"]["ops"]) == S_SERIES_OPS
 
 
+@pytest.mark.parametrize("name", ["quick", "paper_b", "paper_s"])
+def test_shipped_configs_search_with_the_structural_generators_and_a_capped_fill(name):
+    s = load_config(find_config(name))["search"]
+    assert (s["prior"], s["mutation"]) == ("structural", "structural")
+    # the random phase ends within half the budget, whatever the pass rate, so mutation always gets its turn
+    assert 0 < s["max_initial"] <= s["max_evaluations"] / 2 and s["max_nodes"] >= s["num_nodes"]
+
+
 def test_resolve_ops_expands_sets_and_drops_repeats():
     assert resolve_ops(["add", "s_series", "mul"]) == S_SERIES_OPS
     assert resolve_ops(["Mul", "add", "mul"]) == ("mul", "add")
@@ -39,6 +47,10 @@ def test_resolve_ops_expands_sets_and_drops_repeats():
     ("search.algorithm=annealing", "search.algorithm"),
     ("executor.kind=threads", "executor.kind"),
     ("executor.gpus_per_eval=-1", "executor.gpus_per_eval"),
+    ("search.prior=typed", "search.prior"),
+    ("search.mutation=grow", "search.mutation"),
+    ("search.max_initial=-1", "search.max_initial"),
+    ("search.max_nodes=5", "search.max_nodes"),
 ])
 def test_bad_values_name_the_key_and_the_file(tmp_path, override, key):
     path = tmp_path / "my.yaml"
@@ -54,9 +66,9 @@ def test_a_run_needs_a_budget():
 
 
 def test_a_search_needs_a_validation_split_a_rerank_does_not():
-    with pytest.raises(ConfigError, match="'data.val_fraction' is 0"):
-        load_config(None, ["data.val_fraction=0"])
-    assert load_config(None, ["data.val_fraction=0"], check_search=False)["data"]["val_fraction"] == 0
+    with pytest.raises(ConfigError, match="'data.val_size' is 0"):
+        load_config(None, ["data.val_size=0"])
+    assert load_config(None, ["data.val_size=0"], check_search=False)["data"]["val_size"] == 0
 
 
 def test_resume_may_change_only_budgets_data_and_executor(tmp_path):

@@ -149,3 +149,23 @@ def test_a_duplicate_of_an_evaluation_in_flight_waits_for_its_result(tmp_path, m
     assert rows[2].fitness == rows[1].fitness
     assert max(Counter(fake.calls).values()) == 1
     assert all(r.finished for r in rows.values())
+
+
+def test_the_population_holds_distinct_functions_and_no_duplicate_rows(tmp_path):
+    # the paper's operator on small graphs proposes many clones: they are journaled, never members
+    result, _ = _run(tmp_path, "search.max_evaluations=40", "search.mutation=paper", "search.prior=uniform")
+    with search.open_run(result.run_dir) as view:
+        rows = {r.id: r for r in view.candidates()}
+        population = view.population()
+    assert sum(r.status == "duplicate" for r in rows.values()) > 5
+    members = [rows[m.id] for m in population]
+    assert len({r.fingerprint for r in members}) == len(members) == len(population)
+    assert all(r.duplicate_of is None or rows[r.duplicate_of].role == "reference" for r in members)
+
+
+def test_common_random_numbers_give_every_candidate_one_seed(tmp_path):
+    result, _ = _run(tmp_path, "search.max_evaluations=8", "search.common_random_numbers=true", name="crn")
+    other, _ = _run(tmp_path, "search.max_evaluations=8", name="own")
+    crn = {r.eval_seed for r in search.open_run(result.run_dir).candidates()}
+    own = [r.eval_seed for r in search.open_run(other.run_dir).candidates()]
+    assert len(crn) == 1 and len(set(own)) == len(own) > 8
