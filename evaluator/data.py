@@ -225,8 +225,8 @@ def load_dataset(data_cfg: Mapping[str, Any], seed: int = 0) -> Dataset:
     order = torch.randperm(len(train_y), generator=torch.Generator().manual_seed(seed))
     num_val = data_cfg["val_size"]
     if num_val >= len(order):
-        raise DataError(f"data.val_size={num_val} holds out every one of the {len(order)} training images; "
-                        "lower it so that some remain to train on")
+        raise DataError(f"data.val_size={num_val} leaves none of the {len(order)} training images to train on; "
+                        "lower it")
     val, train = order[:num_val], order[num_val:]
     if data_cfg["max_train"]:
         train = train[:data_cfg["max_train"]]

@@ -140,17 +140,17 @@ def test_val_size_is_a_count_whatever_the_dataset_size():
     large = load_dataset(data_cfg(synthetic=True, synthetic_size=900, val_size=50), seed=0)
     assert len(small.val_y) == len(large.val_y) == 50
     assert (len(small.train_y), len(large.train_y)) == (250, 850)
-    with pytest.raises(DataError, match="data.val_size=300 holds out every one of the 300 training images"):
+    with pytest.raises(DataError, match="data.val_size=300 leaves none of the 300 training images"):
         load_dataset(data_cfg(synthetic=True, synthetic_size=300, val_size=300), seed=0)
 
 
 def test_max_train_caps_the_training_images():
-    ds = load_dataset(data_cfg(synthetic=True, synthetic_size=300, max_train=50), seed=0)
+    ds = load_dataset(data_cfg(synthetic=True, synthetic_size=300, val_size=30, max_train=50), seed=0)
     assert len(ds.train_y) == 50
 
 
 def test_augmentation_is_a_crop_of_the_padded_image_or_its_mirror():
-    ds = load_dataset(data_cfg(synthetic=True, synthetic_size=100), seed=0)
+    ds = load_dataset(data_cfg(synthetic=True, synthetic_size=100, val_size=20), seed=0)
     index = torch.arange(16)
     x, y = ds.train_batch(index, torch.Generator().manual_seed(0))
     assert x.shape == (16, 3, 32, 32) and torch.equal(y, ds.train_y[:16])

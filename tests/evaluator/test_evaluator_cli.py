@@ -11,9 +11,9 @@ from evonorm import seeds
 from primitives import save_graph
 
 REPO = Path(__file__).resolve().parents[2]
-TINY = ["data.synthetic=true", "data.synthetic_size=200", "model.archs=[resnet]", "model.resnet.width=0.25",
-        "model.resnet.depth=0.33", "model.resnet.stem_stride=2", "train.steps=4", "train.batch_size=16",
-        "quality.enabled=false", "stability.ascent_steps=1", "stability.batch_size=8"]
+TINY = ["data.synthetic=true", "data.synthetic_size=200", "data.val_size=40", "model.archs=[resnet]",
+        "model.resnet.width=0.25", "model.resnet.depth=0.33", "model.resnet.stem_stride=2", "train.steps=4",
+        "train.batch_size=16", "quality.enabled=false", "stability.ascent_steps=1", "stability.batch_size=8"]
 SETS = [a for item in TINY for a in ("--set", item)]
 
 
