@@ -34,10 +34,9 @@ Curves: each run's best-so-far is replayed from its journal in the order results
 beats that. A variant's line is the mean over its seeds, its band spans the worst to the best seed, up to where
 its shortest run ends (in the steps panel, at most the budget).
 
-Budget: on the 2-core machine a run spends ~45 training steps per second (measured on the CIFAR-10 subset,
-every variant alike) plus ~10 s to start its workers, so the default 12000 steps (30 full evaluations' worth)
-take ~4.5 min per run, ~42 min for the nine runs. Writes ``bench/results/evo_vs_random.csv`` (one row per run)
-and ``evo_vs_random.png``.
+Budget: a run's wall time is its step budget over the machine's training speed, plus the start of its workers
+(the README gives the times of one comparison). Writes
+``bench/results/evo_vs_random.csv`` (one row per run) and ``evo_vs_random.png``.
 """
 from __future__ import annotations
 
