@@ -24,8 +24,8 @@ from typing import Any, Mapping
 import torch
 import torch.nn.functional as F
 
-__all__ = ["DataError", "Dataset", "load_dataset", "resolve_root", "read_cifar10", "synthetic_cifar10",
-           "CIFAR_URL", "CIFAR_MD5", "FOLDER", "TRAIN_FILES", "TEST_FILE"]
+__all__ = ["DataError", "Dataset", "load_dataset", "check_val_size", "resolve_root", "read_cifar10",
+           "synthetic_cifar10", "CIFAR_URL", "CIFAR_MD5", "FOLDER", "TRAIN_FILES", "TEST_FILE"]
 
 log = logging.getLogger(__name__)
 
@@ -214,6 +214,14 @@ def normalize(images: torch.Tensor) -> torch.Tensor:
     return (images.float() / 255.0 - mean) / std
 
 
+def check_val_size(data_cfg: Mapping[str, Any], num_images: int) -> int:
+    """``data.val_size``, if it leaves some of the ``num_images`` training images to train on."""
+    if data_cfg["val_size"] >= num_images:
+        raise DataError(f"data.val_size={data_cfg['val_size']} leaves none of the {num_images} training images "
+                        "to train on; lower it")
+    return data_cfg["val_size"]
+
+
 def load_dataset(data_cfg: Mapping[str, Any], seed: int = 0) -> Dataset:
     """Read (or generate) the images and hold out ``val_size`` of the training images, fixed by ``seed``
     (none when it is 0: final retraining uses every training image and scores on the test batch). A fixed
@@ -223,10 +231,7 @@ def load_dataset(data_cfg: Mapping[str, Any], seed: int = 0) -> Dataset:
     else:
         (train_x, train_y), (test_x, test_y) = read_cifar10(data_cfg["root"], data_cfg["download"])
     order = torch.randperm(len(train_y), generator=torch.Generator().manual_seed(seed))
-    num_val = data_cfg["val_size"]
-    if num_val >= len(order):
-        raise DataError(f"data.val_size={num_val} leaves none of the {len(order)} training images to train on; "
-                        "lower it")
+    num_val = check_val_size(data_cfg, len(order))
     val, train = order[:num_val], order[num_val:]
     if data_cfg["max_train"]:
         train = train[:data_cfg["max_train"]]

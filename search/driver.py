@@ -26,7 +26,7 @@ from tqdm import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
 from evaluator.config import dump_config
-from evaluator.data import read_cifar10
+from evaluator.data import check_val_size, read_cifar10
 from evaluator.evaluate import EvalRecord, Evaluator
 from evaluator.fingerprint import fingerprint
 from evonorm import seeds as seed_graphs
@@ -82,9 +82,13 @@ def resume(run_dir: str | os.PathLike, overrides: tuple[str, ...] | list[str] = 
 
 def prepare_data(cfg: Mapping[str, Any]) -> None:
     """Find (or download, once, before any worker starts) the dataset, failing early with the evaluator's
-    message when it is missing."""
-    if not cfg["data"]["synthetic"]:
-        read_cifar10(cfg["data"]["root"], cfg["data"]["download"])
+    message when it is missing or its validation split leaves nothing to train on."""
+    data = cfg["data"]
+    num_images = data["synthetic_size"]
+    if not data["synthetic"]:
+        (train_x, _), _ = read_cifar10(data["root"], data["download"])
+        num_images = len(train_x)
+    check_val_size(data, num_images)
 
 
 def _write_config(run_dir: Path, cfg: Mapping[str, Any]) -> None:

@@ -169,3 +169,11 @@ def test_common_random_numbers_give_every_candidate_one_seed(tmp_path):
     crn = {r.eval_seed for r in search.open_run(result.run_dir).candidates()}
     own = [r.eval_seed for r in search.open_run(other.run_dir).candidates()]
     assert len(crn) == 1 and len(set(own)) == len(own) > 8
+
+
+def test_a_validation_split_that_leaves_nothing_to_train_on_stops_before_the_run(tmp_path):
+    from evaluator.data import DataError
+
+    with pytest.raises(DataError, match="data.val_size=2000 leaves none of the 2000 training images"):
+        _run(tmp_path, "data.val_size=2000", "data.synthetic_size=2000")
+    assert not (tmp_path / "run").exists()
