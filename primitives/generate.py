@@ -51,9 +51,8 @@ def _needs_full(op: str, slot: int) -> bool:
 def _draw_inputs(rng: random.Random, op: str, earlier: Sequence[str], full: Optional[set[str]]) -> list[str]:
     """Inputs for ``op`` from ``earlier``; with ``full`` given (typed draws), the slots that ``_needs_full``
     names read a full-size node (x always is one)."""
-    signal = [n for n in earlier if full is not None and n in full]
-    return [rng.choice(signal if full is not None and _needs_full(op, k) else earlier)
-            for k in range(get_op(op).arity)]
+    signal = earlier if full is None else [n for n in earlier if n in full]
+    return [rng.choice(signal if _needs_full(op, k) else earlier) for k in range(get_op(op).arity)]
 
 
 def _grow(rng: random.Random, ops: Sequence[str], num_nodes: int, typed: bool) -> LayerGraph:
@@ -134,10 +133,9 @@ def _insert(graph: LayerGraph, rng: random.Random, ops: Sequence[str], live: lis
     src = rows[-1][0] if dst is None else rows[at][2][k]
     full = graph.full_size
     op = rng.choice(ops)
-    slots = [k for k in range(get_op(op).arity) if src in full or not _needs_full(op, k)]
-    if not slots:  # an aggregate of a reduced value: insert a unary or binary op instead
-        op = rng.choice([o for o in ops if any(not _needs_full(o, k) for k in range(get_op(o).arity))] or ops)
-        slots = [k for k in range(get_op(op).arity) if src in full or not _needs_full(op, k)] or [0]
+    if src not in full and get_op(op).is_aggregate:  # a statistic of a reduced value is a constant
+        op = rng.choice([o for o in ops if not get_op(o).is_aggregate] or ops)
+    slots = [k for k in range(get_op(op).arity) if src in full or not _needs_full(op, k)] or [0]
     earlier = list(INPUTS) + [r[0] for r in rows[:at]]
     inputs = _draw_inputs(rng, op, earlier, full)
     inputs[rng.choice(slots)] = src

@@ -127,11 +127,10 @@ class Evolution:
             return Proposal(graph, "seed", name=name)
         taken = {m.structural_hash for m in self._population}
         if not self.mutating(num_proposed):
-            graph = random_graph(rng, self.ops, self.num_nodes, self.prior)
             for _ in range(MAX_REDRAWS):
+                graph = random_graph(rng, self.ops, self.num_nodes, self.prior)
                 if graph.structural_hash() not in taken:
                     break
-                graph = random_graph(rng, self.ops, self.num_nodes, self.prior)
             return Proposal(graph, "initial")
         parent = self.select(rng)
         for _ in range(MAX_REDRAWS):
@@ -155,10 +154,11 @@ class Evolution:
         function that has been a member before (same ``fingerprint`` or structural hash) does not join."""
         if fitness is None:
             return
-        keys = {graph.structural_hash()} | ({fingerprint} if fingerprint else set())
+        shash = graph.structural_hash()
+        keys = {shash, fingerprint} - {None}
         if keys & self._joined:
             return
         self._joined |= keys
-        self._population.append(Member(candidate_id, graph, dict(fitness), graph.structural_hash()))
+        self._population.append(Member(candidate_id, graph, dict(fitness), shash))
         if len(self._population) > self.population_size:
             self._population.popleft()
