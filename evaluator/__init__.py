@@ -6,8 +6,8 @@ dispatch; ``load_config`` for configs. The command line is ``python -m evaluator
 """
 from .config import DEFAULTS, ConfigError, load_config
 from .data import DataError
-from .evaluate import REASONS, STATUSES, EvalRecord, Evaluator, evaluate
+from .evaluate import REASONS, EvalRecord, Status, Evaluator, evaluate
 from .fingerprint import fingerprint
 
-__all__ = ["DEFAULTS", "ConfigError", "load_config", "DataError", "REASONS", "STATUSES", "EvalRecord",
+__all__ = ["DEFAULTS", "ConfigError", "load_config", "DataError", "REASONS", "Status", "EvalRecord",
            "Evaluator", "evaluate", "fingerprint"]

@@ -23,6 +23,7 @@ import math
 import time
 import traceback
 from dataclasses import asdict, dataclass, field
+from enum import Enum
 from typing import Any, Mapping
 
 import torch
@@ -36,16 +37,28 @@ from .models import Layer, NormActFactory, build_model, layer_name, resolve_laye
 from .rejection import prefilter, worst_grad_norm
 from .train import NonFiniteError, TimeLimitError, Trainer
 
-__all__ = ["REASONS", "STATUSES", "EvalRecord", "Evaluator", "evaluate", "derive_seed", "pick_device"]
+__all__ = ["Status", "REJECTIONS", "FAILURES", "REASONS", "EvalRecord", "Evaluator", "evaluate", "derive_seed", "pick_device"]
 
 log = logging.getLogger(__name__)
 
-# Shared with the search's journal; never renumber or rename.
-REASONS = ("prefilter_nonfinite", "prefilter_constant", "quality", "stability", "nonfinite", "exception",
-           "timeout", "worker_lost", "abandoned")
-STATUSES = ("ok", "rejected", "failed")
-# A rejection judges the candidate; a failure says the evaluation did not complete.
-FAILURE_REASONS = frozenset({"exception", "timeout", "worker_lost", "abandoned"})
+
+class Status(str, Enum):
+    """How an evaluation ended: the candidate passed every check, was judged and rejected, or the evaluation
+    did not complete (which says nothing about the candidate)."""
+
+    OK = "ok"
+    REJECTED = "rejected"
+    FAILED = "failed"
+
+    def __str__(self) -> str:
+        return self.value
+
+
+# Why the evaluator rejected a candidate, and why its own evaluation failed. Whoever runs evaluations may add
+# failure reasons of its own (the search's executor: a lost worker). Stored in journals: never rename.
+REJECTIONS = ("prefilter_nonfinite", "prefilter_constant", "quality", "stability", "nonfinite")
+FAILURES = ("exception", "timeout")
+REASONS = REJECTIONS + FAILURES
 
 
 @dataclass
@@ -58,7 +71,7 @@ class EvalRecord:
     training steps run, summed over architectures; ``wall_time`` is in seconds.
     """
 
-    status: str
+    status: Status
     reason: str | None = None
     detail: str = ""
     fitness: dict[str, float] = field(default_factory=dict)
@@ -68,22 +81,24 @@ class EvalRecord:
     fingerprint: str | None = None
 
     def __post_init__(self):
-        if self.status not in STATUSES:
-            raise ValueError(f"status must be one of {STATUSES}, got {self.status!r}")
-        if (self.status == "ok") != (self.reason is None):
+        try:
+            self.status = Status(self.status)
+        except ValueError:
+            raise ValueError(f"status must be one of {[s.value for s in Status]}, got {self.status!r}") from None
+        if (self.status is Status.OK) != (self.reason is None):
             raise ValueError(f"status {self.status!r} with reason {self.reason!r}: only 'ok' has no reason")
-        if self.reason is not None and self.reason not in REASONS:
-            raise ValueError(f"reason must be one of {REASONS}, got {self.reason!r}")
-        expected = "failed" if self.reason in FAILURE_REASONS else "rejected"
-        if self.reason is not None and self.status != expected:
-            raise ValueError(f"reason {self.reason!r} goes with status {expected!r}, got {self.status!r}")
+        if self.status is Status.REJECTED and self.reason not in REJECTIONS:
+            raise ValueError(f"a rejection's reason must be one of {REJECTIONS}, got {self.reason!r}")
+        if self.status is Status.FAILED and (self.reason in REJECTIONS or not self.reason):
+            raise ValueError(f"a failure needs a failure reason (the evaluator's: {FAILURES}), got {self.reason!r}")
 
     @classmethod
     def for_reason(cls, reason: str, detail: str, **kwargs) -> "EvalRecord":
-        return cls("failed" if reason in FAILURE_REASONS else "rejected", reason, detail, **kwargs)
+        """A rejection for one of ``REJECTIONS``, else a failure."""
+        return cls(Status.REJECTED if reason in REJECTIONS else Status.FAILED, reason, detail, **kwargs)
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        return {**asdict(self), "status": self.status.value}
 
     @classmethod
     def from_dict(cls, doc: Mapping[str, Any]) -> "EvalRecord":
@@ -196,7 +211,7 @@ class Evaluator:
                 fitness[arch] = trainer.accuracy()
             if cfg["train"]["test"]:
                 test[arch] = trainer.accuracy("test")
-        return EvalRecord("ok", fitness=fitness, test_accuracy=test if cfg["train"]["test"] else None)
+        return EvalRecord(Status.OK, fitness=fitness, test_accuracy=test if cfg["train"]["test"] else None)
 
     def _check_stability(self, arch: str, trainer: Trainer, seed: int) -> None:
         s = self.cfg["stability"]

@@ -27,7 +27,7 @@ from tqdm.contrib.logging import logging_redirect_tqdm
 
 from evaluator.config import dump_config
 from evaluator.data import check_val_size, read_cifar10
-from evaluator.evaluate import EvalRecord, Evaluator
+from evaluator.evaluate import Evaluator
 from evaluator.fingerprint import fingerprint
 from evonorm import seeds as seed_graphs
 from primitives import LayerGraph, graph_to_yaml
@@ -35,6 +35,7 @@ from primitives import LayerGraph, graph_to_yaml
 from .config import check_resume_overrides, load_config
 from .executor import EvaluatorFactory, Job, Outcome, make_executor
 from .journal import CandidateRow, Journal
+from .states import Role, State
 from .results import CONFIG_FILE, RunResult, best_candidate, describe_fitness, summarize, wall_time
 from .state import Algorithm, evaluation_seed, make_algorithm, proposal_rng, replay, tell_row
 
@@ -110,7 +111,7 @@ def _drive(cfg, run_dir: Path, journal: Journal, factory: EvaluatorFactory, prog
             executor.close()
         rows = journal.rows()
         return RunResult(run_dir, stop, summarize(rows, journal.sessions(), cfg), best_candidate(rows),
-                         {r.name: r for r in rows if r.role == "reference"})
+                         {r.name: r for r in rows if r.is_reference})
     except BaseException as err:
         stop = "interrupted" if isinstance(err, KeyboardInterrupt) else f"error: {type(err).__name__}"
         _abandon_running(journal)
@@ -122,11 +123,9 @@ def _drive(cfg, run_dir: Path, journal: Journal, factory: EvaluatorFactory, prog
 
 def _abandon_running(journal: Journal) -> None:
     """Record every candidate still marked running as abandoned (a resumed run evaluates it again)."""
-    now = time.time()
     for row in journal.rows():
-        if row.status == "running":
-            journal.update(row.id, status="abandoned", reason="abandoned", detail="in flight when the run stopped",
-                           finished_at=now)
+        if row.status is State.RUNNING:
+            journal.mark_abandoned(row.id, "in flight when the run stopped")
 
 
 class _Driver:
@@ -143,7 +142,7 @@ class _Driver:
         self.backlog: deque[Job] = deque()   # journaled but not yet dispatched (resumed work)
         self.waiting: dict[int, list[int]] = {}  # running original -> duplicates waiting for its result
         rows = journal.rows()
-        search_rows = [r for r in rows if r.role != "reference"]
+        search_rows = [r for r in rows if not r.is_reference]
         self.next_id = rows[-1].id + 1 if rows else 1
         self.num_references = len(rows) - len(search_rows)
         self.num_proposed = len(search_rows)
@@ -152,7 +151,8 @@ class _Driver:
         self.last_dispatched = max((r.id for r in rows if r.duplicate_of is None), default=0)
         self.elapsed_before = wall_time(journal.sessions()[:-1], rows)
         self.best = best_candidate(rows)
-        self.counts = {k: sum(1 for r in search_rows if r.status == k) for k in ("rejected", "failed", "duplicate")}
+        self.counts = {k: sum(1 for r in search_rows if r.status is k)
+                       for k in (State.REJECTED, State.FAILED, State.DUPLICATE)}
         self.bar = tqdm(total=self.budget["max_evaluations"] or None, desc="search", unit="eval",
                         initial=sum(1 for r in search_rows if r.duplicate_of is None and r.finished),
                         disable=not progress, dynamic_ncols=True)
@@ -163,7 +163,7 @@ class _Driver:
     def _revive(self, rows: list[CandidateRow]) -> None:
         """Queue what was in flight when the run stopped: evaluations again, duplicates behind their original."""
         by_id = {r.id: r for r in rows}
-        unfinished = [r for r in rows if r.status in ("running", "abandoned")]
+        unfinished = [r for r in rows if not r.status.finished]
         for row in unfinished:
             if row.duplicate_of is None:
                 self._restart(row)
@@ -171,12 +171,12 @@ class _Driver:
             if row.duplicate_of is None:
                 continue
             original = by_id[row.duplicate_of]
-            if original.status in ("ok", "rejected"):
+            if original.status.reusable:
                 self._answer_duplicate(row.id, original)
-            elif original.status == "failed":
+            elif original.status is State.FAILED:
                 self._evaluate_instead(row)
             else:
-                self.journal.update(row.id, status="running", reason=None, detail=None, finished_at=None)
+                self.journal.mark_running(row.id)
                 self.waiting.setdefault(original.id, []).append(row.id)
 
     def _evaluate_instead(self, row: CandidateRow) -> None:
@@ -185,7 +185,7 @@ class _Driver:
         self._restart(row, duplicate_of=None)
 
     def _restart(self, row: CandidateRow, **changes: Any) -> None:
-        self.journal.update(row.id, status="running", reason=None, detail=None, finished_at=None, **changes)
+        self.journal.mark_running(row.id, **changes)
         self.backlog.append(Job(row.id, self._eval_seed(row.id), row.graph_yaml,
                                 None if row.graph_yaml else row.name))
 
@@ -202,8 +202,7 @@ class _Driver:
                 if self._time_left() <= 0 and self.executor.in_flight:
                     self.stop = "max_time"
                     for job in self.executor.abandon():
-                        self.journal.update(job.candidate_id, status="abandoned", reason="abandoned",
-                                            detail="in flight when search.max_time ran out", finished_at=time.time())
+                        self.journal.mark_abandoned(job.candidate_id, "in flight when search.max_time ran out")
                     break
         _abandon_running(self.journal)  # duplicates whose original was abandoned
         return self.stop
@@ -250,7 +249,7 @@ class _Driver:
         self.num_references += 1
         graph = seed_graphs.get(name) if name in seed_graphs.names() else None
         candidate_id = self._new_id()
-        self._insert(candidate_id, "reference", graph, name=name)
+        self._insert(candidate_id, Role.REFERENCE, graph, name=name, **self._identity(graph))
         self._dispatch(self._job(candidate_id, graph, name))
 
     def _propose(self) -> None:
@@ -268,7 +267,7 @@ class _Driver:
         if original is None:
             self.evaluations += 1
             self._dispatch(self._job(candidate_id, graph, proposal.name))
-        elif original.status == "running":
+        elif original.status is State.RUNNING:
             self.waiting.setdefault(original.id, []).append(candidate_id)
         else:
             self._answer_duplicate(candidate_id, original)
@@ -282,16 +281,18 @@ class _Driver:
             log.debug("no fingerprint for %s: %s", graph.formula(), err)
             return None
 
-    def _insert(self, candidate_id: int, role: str, graph: Optional[LayerGraph], **columns: Any) -> None:
-        if graph is not None:
-            columns.setdefault("structural_hash", graph.structural_hash())
-            columns.setdefault("fingerprint", self._fingerprint(graph))
-        self.journal.insert(
-            id=candidate_id, role=role, graph_yaml=graph_to_yaml(graph) if graph is not None else None,
+    def _identity(self, graph: Optional[LayerGraph]) -> dict[str, Any]:
+        """A reference's structural hash and fingerprint (none for a reference that is not a graph)."""
+        if graph is None:
+            return {}
+        return {"structural_hash": graph.structural_hash(), "fingerprint": self._fingerprint(graph)}
+
+    def _insert(self, candidate_id: int, role: Role, graph: Optional[LayerGraph], **columns: Any) -> None:
+        self.journal.propose(
+            candidate_id, role, graph_yaml=graph_to_yaml(graph) if graph is not None else None,
             formula=graph.formula() if graph is not None else columns.get("name"),
             batch_dependent=graph.uses_batch_stats if graph is not None else None,
-            status="running", eval_seed=self._eval_seed(candidate_id),
-            proposed_at=time.time(), **columns)
+            eval_seed=self._eval_seed(candidate_id), **columns)
 
     def _eval_seed(self, candidate_id: int) -> int:
         return evaluation_seed(self.cfg["seed"], candidate_id, self.budget["common_random_numbers"])
@@ -301,37 +302,26 @@ class _Driver:
                    graph_to_yaml(graph) if graph is not None else None, None if graph is not None else name)
 
     def _dispatch(self, job: Job) -> None:
-        self.journal.update(job.candidate_id, started_at=time.time())
+        self.journal.mark_dispatched(job.candidate_id)
         self.last_dispatched = max(self.last_dispatched, job.candidate_id)
         self.executor.submit(job)
 
     # --- recording results ----------------------------------------------------------------------------
     def _finish(self, outcome: Outcome) -> None:
-        rec: EvalRecord = outcome.record
         cid = outcome.job.candidate_id
-        row = self.journal.row(cid)
-        self.journal.update(
-            cid, status=rec.status, reason=rec.reason, detail=rec.detail, fitness=rec.fitness or None,
-            test_accuracy=rec.test_accuracy or None, steps=rec.steps, wall_time=rec.wall_time,
-            fingerprint=row.fingerprint or rec.fingerprint, worker=outcome.worker, attempts=outcome.attempts,
-            finished_at=time.time(), told_seq=self.journal.next_told_seq())
-        row = self.journal.row(cid)
+        row = self.journal.record_result(cid, outcome.record, outcome.worker, outcome.attempts)
         self._tell(row)
         for waiting in self.waiting.pop(cid, []):
-            if row.status in ("ok", "rejected"):
+            if row.status.reusable:
                 self._answer_duplicate(waiting, row)
             else:
                 self._evaluate_instead(self.journal.row(waiting))
 
     def _answer_duplicate(self, candidate_id: int, original: CandidateRow) -> None:
-        self.journal.update(
-            candidate_id, status="duplicate", reason=original.reason, fitness=original.fitness,
-            test_accuracy=original.test_accuracy, steps=0, detail=f"same function as candidate {original.id}",
-            finished_at=time.time(), told_seq=self.journal.next_told_seq())
-        self._tell(self.journal.row(candidate_id))
+        self._tell(self.journal.mark_duplicate(candidate_id, original))
 
     def _tell(self, row: CandidateRow) -> None:
-        if row.role == "reference":
+        if row.is_reference:
             log.info("reference %s: %s", row.name, describe_fitness(row))
             return
         tell_row(self.algorithm, row)
@@ -340,7 +330,7 @@ class _Driver:
             self.counts[row.status] += 1
         if row.duplicate_of is None:
             self.bar.update(1)
-        if row.status == "ok" and (self.best is None or row.mean_fitness > self.best.mean_fitness):
+        if row.status is State.OK and (self.best is None or row.mean_fitness > self.best.mean_fitness):
             self.best = row
             parent = f", child of #{row.parent_id}" if row.parent_id else ""
             log.info("new best #%d (%s%s): %s  %s", row.id, row.role, parent, describe_fitness(row), row.formula)
@@ -349,5 +339,5 @@ class _Driver:
     def _show(self) -> None:
         best = f"{self.best.mean_fitness:.3f}" if self.best else "-"
         c = self.counts
-        self.bar.set_postfix_str(f"best {best}, rejected {c['rejected']}, failed {c['failed']}, "
-                                 f"duplicates {c['duplicate']}", refresh=False)
+        self.bar.set_postfix_str(f"best {best}, rejected {c[State.REJECTED]}, failed {c[State.FAILED]}, "
+                                 f"duplicates {c[State.DUPLICATE]}", refresh=False)

@@ -26,6 +26,8 @@ from typing import Mapping, Optional, Sequence
 
 from primitives import LayerGraph, mutate, random_graph, viable
 
+from .states import Role
+
 __all__ = ["Proposal", "Member", "dominates", "pareto_front", "Evolution", "MAX_REDRAWS"]
 
 # Mutations tried per child before a clone of a member (or, under the structural prior, a non-viable child)
@@ -39,7 +41,7 @@ class Proposal:
     ``child`` (a mutated tournament winner, ``parent_id``); ``name`` names a seed graph."""
 
     graph: LayerGraph
-    role: str
+    role: Role
     parent_id: Optional[int] = None
     name: Optional[str] = None
 
@@ -124,14 +126,14 @@ class Evolution:
         """The next graph to evaluate, given how many this algorithm has proposed before it."""
         if num_proposed < len(self.seeds):
             name, graph = self.seeds[num_proposed]
-            return Proposal(graph, "seed", name=name)
+            return Proposal(graph, Role.SEED, name=name)
         taken = {m.structural_hash for m in self._population}
         if not self.mutating(num_proposed):
             for _ in range(MAX_REDRAWS):
                 graph = random_graph(rng, self.ops, self.num_nodes, self.prior)
                 if graph.structural_hash() not in taken:
                     break
-            return Proposal(graph, "initial")
+            return Proposal(graph, Role.INITIAL)
         parent = self.select(rng)
         for _ in range(MAX_REDRAWS):
             child = parent.graph
@@ -139,7 +141,7 @@ class Evolution:
                 child = mutate(child, rng, self.ops, self.mutation, self.max_nodes)
             if child.structural_hash() not in taken and (self.prior == "uniform" or viable(child)):
                 break
-        return Proposal(child, "child", parent_id=parent.id)
+        return Proposal(child, Role.CHILD, parent_id=parent.id)
 
     def select(self, rng: random.Random) -> Member:
         """A tournament winner: uniform over the Pareto front of a uniform sample of the population."""

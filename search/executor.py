@@ -25,6 +25,8 @@ from typing import Any, Callable, Mapping, Optional
 from evaluator.evaluate import EvalRecord, Evaluator
 from primitives import graph_from_yaml
 
+from .states import WORKER_LOST
+
 __all__ = ["Job", "Outcome", "EvaluatorFactory", "ExecutorError", "SerialExecutor", "RayExecutor", "make_executor",
            "run_job"]
 
@@ -223,7 +225,7 @@ class RayExecutor:
                                 run.job.candidate_id, run.attempt, self._max_retries + 1, _first_line(err))
                     self.submit(run.job, run.attempt + 1)
                     continue
-                lost = EvalRecord.for_reason("worker_lost", f"worker lost {run.attempt} times: {_first_line(err)}")
+                lost = EvalRecord.for_reason(WORKER_LOST, f"worker lost {run.attempt} times: {_first_line(err)}")
                 record, worker = lost.to_dict(), "lost"
             except ray.exceptions.RayError as err:
                 self._idle.append(run.slot)

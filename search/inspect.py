@@ -17,6 +17,7 @@ from .journal import CandidateRow, JournalError
 from .leaderboard import Entry, leaderboard, places
 from .plots import pareto_info, plot_graph, plot_pareto, plot_progress, progress_info
 from .results import RunView, open_run
+from .states import State
 
 __all__ = ["table", "format_table", "label", "write_plots", "existing_plots", "write_report", "RERANK_FILE", "main"]
 
@@ -31,7 +32,7 @@ def _fitness_cells(entry: Entry, archs: Sequence[str]) -> list[str]:
 
 def label(row: CandidateRow) -> str:
     """The formula, with references marked by name."""
-    if row.role == "reference":
+    if row.is_reference:
         return f"[reference {row.name}] {row.formula or ''}".strip()
     return row.formula or row.name or "-"
 
@@ -73,7 +74,7 @@ def write_plots(view: RunView, entries: Sequence[Entry], compare: Sequence[RunVi
     runs = [view, *compare]
     curves = [progress_info(v.candidates(), v.config, f"{v.config['search']['algorithm']} ({v.run_dir.name})")
               for v in runs]
-    references = {name: r.mean_fitness for name, r in view.references().items() if r.status == "ok"}
+    references = {name: r.mean_fitness for name, r in view.references().items() if r.status is State.OK}
     paths = {"progress": plot_progress(curves, out / "progress.png", references=references)}
     archs = list(pareto_archs or _archs(view)[:2])
     if len(archs) == 2:

@@ -3,13 +3,10 @@
 Storage only, no algorithm. Tables:
 
 * ``meta`` (key, value): ``schema_version`` (checked on every open), ``created_at``, ``seed``, ``algorithm``.
-* ``candidates``: one row per candidate, inserted when it is proposed and updated once when it finishes.
-  ``status`` is ``running`` while it is evaluated (or, with ``duplicate_of`` set, while it waits for an
-  in-flight evaluation of the same function), then ``ok``, ``rejected``, ``failed``, ``duplicate`` (the
-  result of ``duplicate_of`` reused, nothing trained) or ``abandoned`` (in flight when the run was stopped;
-  a resumed run evaluates it again). ``reason`` is the evaluator's reason code (for a duplicate, the
-  original's). ``told_seq`` numbers results in the order the algorithm received them: replaying them in that
-  order rebuilds the algorithm's state.
+* ``candidates``: one row per candidate, inserted when it is proposed (:meth:`Journal.propose`) and moved
+  through its states (``search.states.State``) by the named transitions below. ``reason`` is why it ended
+  as it did (for a duplicate, the original's reason). ``told_seq`` numbers results in the order the algorithm
+  received them: replaying them in that order rebuilds the algorithm's state.
 * ``sessions``: one row per start or resume of the driver, for wall time and throughput.
 
 The database runs in WAL mode with full sync, so a reader (``search.inspect``) can follow a live run and a
@@ -25,15 +22,15 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any, Iterable, Optional
 
+from evaluator.evaluate import EvalRecord
 from primitives import LayerGraph, graph_from_yaml
 
-__all__ = ["SCHEMA_VERSION", "JOURNAL_FILE", "STATUSES", "ROLES", "JournalError", "CandidateRow", "Session", "Journal"]
+from .states import ABANDONED, JOURNAL_REASONS, Role, State
+
+__all__ = ["SCHEMA_VERSION", "JOURNAL_FILE", "JournalError", "CandidateRow", "Session", "Journal"]
 
 SCHEMA_VERSION = 1
 JOURNAL_FILE = "search.sqlite"
-STATUSES = ("running", "ok", "rejected", "failed", "duplicate", "abandoned")
-# reference: a named baseline evaluated for comparison, never a population member unless also a seed.
-ROLES = ("reference", "seed", "initial", "child", "random")
 
 _SCHEMA = """
 CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -84,7 +81,7 @@ class CandidateRow:
     """One row of ``candidates``, with ``fitness`` and ``test_accuracy`` decoded (architecture -> accuracy)."""
 
     id: int
-    role: str
+    role: Role
     name: Optional[str]
     graph_yaml: Optional[str]
     formula: Optional[str]
@@ -93,7 +90,7 @@ class CandidateRow:
     batch_dependent: Optional[bool]
     parent_id: Optional[int]
     duplicate_of: Optional[int]
-    status: str
+    status: State
     reason: Optional[str]
     detail: Optional[str]
     fitness: Optional[dict[str, float]]
@@ -115,12 +112,16 @@ class CandidateRow:
 
     @property
     def finished(self) -> bool:
-        return self.status in ("ok", "rejected", "failed", "duplicate")
+        return self.status.finished
 
     @property
     def passed(self) -> bool:
         """Whether the evaluation (the original's, for a duplicate) passed every check."""
-        return self.status == "ok" or (self.status == "duplicate" and self.reason is None)
+        return self.status is State.OK or (self.status is State.DUPLICATE and self.reason is None)
+
+    @property
+    def is_reference(self) -> bool:
+        return self.role is Role.REFERENCE
 
     @property
     def mean_fitness(self) -> Optional[float]:
@@ -139,6 +140,7 @@ class Session:
 
 _JSON_COLUMNS = {"fitness": "fitness_json", "test_accuracy": "test_json"}
 _COLUMNS = [_JSON_COLUMNS.get(f.name, f.name) for f in fields(CandidateRow)]
+_ENUM_COLUMNS = {"status": State, "role": Role}
 
 
 def _row(values: sqlite3.Row) -> CandidateRow:
@@ -149,6 +151,8 @@ def _row(values: sqlite3.Row) -> CandidateRow:
             value = json.loads(value)
         elif f.name == "batch_dependent" and value is not None:
             value = bool(value)
+        elif f.name in _ENUM_COLUMNS:
+            value = _ENUM_COLUMNS[f.name](value)
         kwargs[f.name] = value
     return CandidateRow(**kwargs)
 
@@ -161,12 +165,19 @@ def _encode(columns: dict[str, Any]) -> dict[str, Any]:
             raise JournalError(f"unknown candidates column {key!r}; columns: {', '.join(_COLUMNS)}")
         if column in _JSON_COLUMNS.values() and value is not None:
             value = json.dumps(value, sort_keys=True)
+        elif column in _ENUM_COLUMNS and value is not None:
+            try:
+                value = _ENUM_COLUMNS[column](value).value
+            except ValueError:
+                known = ", ".join(v.value for v in _ENUM_COLUMNS[column])
+                raise JournalError(f"unknown {column} {value!r}; {column}s: {known}") from None
         out[column] = value
-    if out.get("status") is not None and out["status"] not in STATUSES:
-        raise JournalError(f"unknown status {out['status']!r}; statuses: {', '.join(STATUSES)}")
-    if out.get("role") is not None and out["role"] not in ROLES:
-        raise JournalError(f"unknown role {out['role']!r}; roles: {', '.join(ROLES)}")
+    if out.get("reason") is not None and out["reason"] not in JOURNAL_REASONS:
+        raise JournalError(f"unknown reason {out['reason']!r}; reasons: {', '.join(JOURNAL_REASONS)}")
     return out
+
+
+_REUSABLE_OR_RUNNING = ", ".join(f"'{s}'" for s in State if s.reusable or s is State.RUNNING)
 
 
 class Journal:
@@ -249,7 +260,7 @@ class Journal:
             raise JournalError(f"can only look candidates up by structural_hash or fingerprint, not {column!r}")
         found = self._conn.execute(
             f"SELECT * FROM candidates WHERE {column} = ? AND duplicate_of IS NULL "
-            "AND status IN ('ok', 'rejected', 'running') ORDER BY status = 'running', id LIMIT 1", (value,)
+            f"AND status IN ({_REUSABLE_OR_RUNNING}) ORDER BY status = '{State.RUNNING}', id LIMIT 1", (value,)
         ).fetchone()
         return _row(found) if found is not None else None
 
@@ -266,18 +277,52 @@ class Journal:
         with self._conn:
             return self._conn.execute(sql, tuple(params))
 
-    def insert(self, **columns: Any) -> None:
-        """Add a candidate row (``id``, ``role``, ``status``, ``proposed_at`` required)."""
+    def _insert(self, **columns: Any) -> None:
         cols = _encode(columns)
         self._write(f"INSERT INTO candidates ({', '.join(cols)}) VALUES ({', '.join('?' * len(cols))})",
                     cols.values())
 
-    def update(self, candidate_id: int, **columns: Any) -> None:
+    def _update(self, candidate_id: int, **columns: Any) -> None:
         cols = _encode(columns)
         cursor = self._write(f"UPDATE candidates SET {', '.join(f'{k} = ?' for k in cols)} WHERE id = ?",
                              [*cols.values(), candidate_id])
         if cursor.rowcount != 1:
             raise JournalError(f"{self.path} has no candidate {candidate_id} to update")
+
+    # The transitions: every change of a candidate's state is one of these.
+    def propose(self, candidate_id: int, role: Role, **columns: Any) -> None:
+        """A new candidate, running from now (``columns``: its graph, hashes, parent, eval seed...)."""
+        self._insert(id=candidate_id, role=role, status=State.RUNNING, proposed_at=time.time(), **columns)
+
+    def mark_dispatched(self, candidate_id: int) -> None:
+        """Its evaluation was sent to a worker."""
+        self._update(candidate_id, started_at=time.time())
+
+    def mark_running(self, candidate_id: int, **changes: Any) -> None:
+        """Running again (resumed work, or a duplicate waiting again for its original); ``changes`` such as
+        ``duplicate_of=None`` for a duplicate that must be evaluated itself."""
+        self._update(candidate_id, status=State.RUNNING, reason=None, detail=None, finished_at=None, **changes)
+
+    def record_result(self, candidate_id: int, record: EvalRecord, worker: str, attempts: int) -> CandidateRow:
+        """The evaluator's result, told to the algorithm next; the row as it now stands."""
+        row = self.row(candidate_id)
+        self._update(candidate_id, status=State(record.status.value), reason=record.reason, detail=record.detail,
+                     fitness=record.fitness or None, test_accuracy=record.test_accuracy or None,
+                     steps=record.steps, wall_time=record.wall_time,
+                     fingerprint=row.fingerprint or record.fingerprint, worker=worker, attempts=attempts,
+                     finished_at=time.time(), told_seq=self.next_told_seq())
+        return self.row(candidate_id)
+
+    def mark_duplicate(self, candidate_id: int, original: CandidateRow) -> CandidateRow:
+        """The same function as ``original``, which finished: its result reused, nothing trained."""
+        self._update(candidate_id, status=State.DUPLICATE, reason=original.reason, fitness=original.fitness,
+                     test_accuracy=original.test_accuracy, steps=0, detail=f"same function as candidate {original.id}",
+                     finished_at=time.time(), told_seq=self.next_told_seq())
+        return self.row(candidate_id)
+
+    def mark_abandoned(self, candidate_id: int, detail: str) -> None:
+        """In flight when the run stopped; a resumed run evaluates it again."""
+        self._update(candidate_id, status=State.ABANDONED, reason=ABANDONED, detail=detail, finished_at=time.time())
 
     def start_session(self, host: str) -> int:
         return self._write("INSERT INTO sessions (started_at, host) VALUES (?, ?)", (time.time(), host)).lastrowid

@@ -12,6 +12,7 @@ from typing import Optional, Sequence
 
 from .evolution import dominates
 from .journal import CandidateRow
+from .states import State
 
 __all__ = ["Entry", "leaderboard", "pareto_ranks", "places"]
 
@@ -54,9 +55,9 @@ def pareto_ranks(fitness: Sequence[dict[str, float]]) -> list[int]:
 def leaderboard(rows: Sequence[CandidateRow], top: Optional[int] = None,
                 include_references: bool = True) -> list[Entry]:
     """The candidates that passed every check (references too, marked by their role), best first."""
-    found = Counter(r.duplicate_of for r in rows if r.status == "duplicate" and r.duplicate_of is not None)
-    passed = [r for r in rows if r.status == "ok" and r.fitness
-              and (include_references or r.role != "reference")]
+    found = Counter(r.duplicate_of for r in rows if r.status is State.DUPLICATE and r.duplicate_of is not None)
+    passed = [r for r in rows if r.status is State.OK and r.fitness
+              and (include_references or not r.is_reference)]
     ranks = pareto_ranks([r.fitness for r in passed])
     order = sorted(range(len(passed)), key=lambda i: (ranks[i], -passed[i].mean_fitness, passed[i].id))
     entries = [Entry(k + 1, ranks[i], passed[i], 1 + found[passed[i].id]) for k, i in enumerate(order)]

@@ -22,6 +22,7 @@ from primitives import INPUTS, LayerGraph  # noqa: E402
 from .evolution import pareto_front  # noqa: E402
 from .journal import CandidateRow  # noqa: E402
 from .state import make_algorithm, tell_row  # noqa: E402
+from .states import State  # noqa: E402
 
 __all__ = ["Progress", "progress_info", "plot_progress", "ParetoInfo", "pareto_info", "plot_pareto", "plot_graph",
            "RerankPoint", "plot_rerank"]
@@ -47,7 +48,7 @@ def progress_info(rows: Sequence[CandidateRow], cfg: Mapping[str, Any], label: s
     if budget not in ("evaluations", "steps"):
         raise ValueError(f"budget must be 'evaluations' or 'steps', got {budget!r}")
     algorithm = make_algorithm(cfg)
-    told = sorted((r for r in rows if r.told_seq is not None and r.role != "reference"), key=lambda r: r.told_seq)
+    told = sorted((r for r in rows if r.told_seq is not None and not r.is_reference), key=lambda r: r.told_seq)
     xs, best, median, passed = [], [], [], []
     spent, top = 0.0, None
     for row in told:
@@ -108,13 +109,13 @@ def pareto_info(rows: Sequence[CandidateRow], population: Sequence, archs: Seque
     def point(fitness):
         return fitness[a], fitness[b]
 
-    usable = [r for r in rows if r.status == "ok" and r.fitness and a in r.fitness and b in r.fitness]
+    usable = [r for r in rows if r.status is State.OK and r.fitness and a in r.fitness and b in r.fitness]
     members = [m for m in population if a in m.fitness and b in m.fitness]
     front = pareto_front([type(m)(m.id, m.graph, {a: m.fitness[a], b: m.fitness[b]}) for m in members])
     return ParetoInfo(
-        (a, b), [point(r.fitness) for r in usable if r.role != "reference"], [point(m.fitness) for m in members],
+        (a, b), [point(r.fitness) for r in usable if not r.is_reference], [point(m.fitness) for m in members],
         sorted(point(m.fitness) for m in front),
-        {r.name: point(r.fitness) for r in usable if r.role == "reference"})
+        {r.name: point(r.fitness) for r in usable if r.is_reference})
 
 
 def plot_pareto(info: ParetoInfo, path: Path) -> Path:

@@ -11,6 +11,7 @@ from typing import Mapping, Optional, Sequence
 from primitives import LayerGraph, random_graph
 
 from .evolution import Proposal
+from .states import Role
 
 __all__ = ["RandomSearch"]
 
@@ -32,7 +33,7 @@ class RandomSearch:
         if num_proposed < len(self.seeds):
             name, graph = self.seeds[num_proposed]
             return Proposal(graph, "seed", name=name)
-        return Proposal(random_graph(rng, self.ops, self.num_nodes, self.prior), "random")
+        return Proposal(random_graph(rng, self.ops, self.num_nodes, self.prior), Role.RANDOM)
 
     def tell(self, candidate_id: int, graph: LayerGraph, fitness: Optional[Mapping[str, float]],
              fingerprint: Optional[str] = None) -> None:

@@ -37,7 +37,7 @@ from tqdm.contrib.logging import logging_redirect_tqdm
 
 from evaluator.config import check_scoring
 from evaluator.data import DataError
-from evaluator.evaluate import EvalRecord, Evaluator, derive_seed
+from evaluator.evaluate import EvalRecord, Evaluator, Status, derive_seed
 
 from .config import ConfigError, load_config
 from .driver import prepare_data
@@ -87,12 +87,12 @@ class Reranked:
 
     def accuracies(self, arch: str) -> list[float]:
         """Test accuracy on ``arch`` for each completed trial."""
-        return [t.record.test_accuracy[arch] for t in self.trials if t.record.status == "ok"]
+        return [t.record.test_accuracy[arch] for t in self.trials if t.record.status is Status.OK]
 
     @property
     def seed_means(self) -> list[float]:
         """The mean test accuracy over architectures, for each completed trial."""
-        return [statistics.fmean(t.record.test_accuracy.values()) for t in self.trials if t.record.status == "ok"]
+        return [statistics.fmean(t.record.test_accuracy.values()) for t in self.trials if t.record.status is Status.OK]
 
     @property
     def mean(self) -> Optional[float]:
@@ -151,7 +151,7 @@ def _select(view: RunView, top: int) -> list[tuple[CandidateRow, Optional[int]]]
     """The top search candidates, then the references, each with its rank in the search."""
     entries = leaderboard(view.candidates())
     ranks = {e.row.id: e.rank for e in entries}
-    chosen = [e.row for e in entries if e.row.role != "reference"][:top]
+    chosen = [e.row for e in entries if not e.row.is_reference][:top]
     if not chosen:
         raise RerankError(f"no search candidate in {view.run_dir} passed every check; nothing to re-rank")
     references = sorted(view.references().values(), key=lambda r: r.id)
@@ -167,7 +167,7 @@ def _evaluate(executor, jobs: Sequence[Job], progress: bool) -> Iterator[Outcome
             while pending and executor.in_flight < executor.slots:
                 executor.submit(pending.popleft())
             for outcome in executor.wait(timeout=POLL_SECONDS):
-                failed += outcome.record.status != "ok"
+                failed += outcome.record.status is not Status.OK
                 bar.set_postfix_str(f"not ok {failed}", refresh=False)
                 bar.update(1)
                 yield outcome
@@ -264,7 +264,7 @@ def rerank_table(result: Rerank, markdown: bool = False) -> str:
 
 def _summary(result: Rerank) -> str:
     rho, n = result.spearman
-    searched = sum(1 for c in result.candidates if c.row.role != "reference")
+    searched = sum(1 for c in result.candidates if not c.row.is_reference)
     asked = f" (of the {result.top} asked)" if searched < result.top else ""
     return (f"The top {searched} search candidates{asked} and the {len(result.candidates) - searched} references, "
             f"retrained from scratch for {result.steps} steps (the search: {result.search_steps}) on every "
@@ -281,9 +281,9 @@ def _write(result: Rerank, view: RunView) -> None:
     _write_csv(result, run_dir / CSV_FILE)
     (run_dir / "plots").mkdir(exist_ok=True)
     rho, _ = result.spearman
-    points = [RerankPoint(f"#{c.row.id}" if c.row.role != "reference" else c.row.name,
+    points = [RerankPoint(f"#{c.row.id}" if not c.row.is_reference else c.row.name,
                           c.row.mean_fitness if c.row.passed else None, c.mean,
-                          statistics.stdev(c.seed_means) if len(c.seed_means) > 1 else 0.0, c.row.role == "reference")
+                          statistics.stdev(c.seed_means) if len(c.seed_means) > 1 else 0.0, c.row.is_reference)
               for c in result.candidates if c.mean is not None]
     title = "Re-ranking" + (f" (Spearman {rho:+.2f})" if rho is not None else "")
     plot_rerank(points, run_dir / "plots" / PLOT_FILE, title)

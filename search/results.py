@@ -14,6 +14,7 @@ from typing import Any, Optional, Sequence
 import yaml
 
 from .journal import CandidateRow, Journal, Session
+from .states import State
 from .state import make_algorithm, replay
 
 __all__ = ["RunSummary", "RunResult", "RunView", "summarize", "best_candidate", "describe_fitness", "wall_time",
@@ -99,21 +100,21 @@ def wall_time(sessions: Sequence[Session], rows: Sequence[CandidateRow]) -> floa
 
 
 def summarize(rows: Sequence[CandidateRow], sessions: Sequence[Session], cfg: dict[str, Any]) -> RunSummary:
-    search = [r for r in rows if r.role != "reference"]
+    search = [r for r in rows if not r.is_reference]
     evaluated = [r for r in search if r.duplicate_of is None]
     status = Counter(r.status for r in search)
     return RunSummary(
         candidates=len(search),
         evaluated=len(evaluated),
-        completed=status["ok"],
-        rejected=dict(Counter(r.reason for r in search if r.status == "rejected")),
-        failed=dict(Counter(r.reason for r in search if r.status == "failed")),
-        duplicates=status["duplicate"],
-        abandoned=status["abandoned"],
-        running=sum(1 for r in evaluated if r.status == "running"),
-        prefiltered=sum(1 for r in search if r.status == "rejected" and (r.reason or "").startswith("prefilter")),
+        completed=status[State.OK],
+        rejected=dict(Counter(r.reason for r in search if r.status is State.REJECTED)),
+        failed=dict(Counter(r.reason for r in search if r.status is State.FAILED)),
+        duplicates=status[State.DUPLICATE],
+        abandoned=status[State.ABANDONED],
+        running=sum(1 for r in evaluated if r.status is State.RUNNING),
+        prefiltered=sum(1 for r in search if r.status is State.REJECTED and (r.reason or "").startswith("prefilter")),
         trained_to_quality=sum(1 for r in evaluated
-                               if r.status in ("ok", "rejected") and r.steps >= cfg["quality"]["steps"]),
+                               if r.status.reusable and r.steps >= cfg["quality"]["steps"]),
         steps=sum(r.steps for r in search),
         wall_time=wall_time(sessions, rows),
         references=len(rows) - len(search),
@@ -122,7 +123,7 @@ def summarize(rows: Sequence[CandidateRow], sessions: Sequence[Session], cfg: di
 
 def describe_fitness(row: CandidateRow) -> str:
     """``mean 0.412 (mobilenetv2 0.390, resnet 0.434)``, or the status and reason when it did not pass."""
-    if row.status not in ("ok", "duplicate") or not row.fitness or not row.passed:
+    if not row.passed or not row.fitness:
         return f"{row.status} ({row.reason})"
     per_arch = ", ".join(f"{arch} {acc:.3f}" for arch, acc in sorted(row.fitness.items()))
     return f"mean {row.mean_fitness:.3f} ({per_arch})"
@@ -130,7 +131,7 @@ def describe_fitness(row: CandidateRow) -> str:
 
 def best_candidate(rows: Sequence[CandidateRow]) -> Optional[CandidateRow]:
     """The search candidate (not a reference) with the highest mean accuracy that passed every check."""
-    passed = [r for r in rows if r.status == "ok" and r.role != "reference" and r.fitness]
+    passed = [r for r in rows if r.status is State.OK and not r.is_reference and r.fitness]
     return max(passed, key=lambda r: (r.mean_fitness, -r.id), default=None)
 
 
@@ -160,7 +161,7 @@ class RunView:
         return best_candidate(self.candidates())
 
     def references(self) -> dict[str, CandidateRow]:
-        return {r.name: r for r in self.candidates() if r.role == "reference"}
+        return {r.name: r for r in self.candidates() if r.is_reference}
 
     def close(self) -> None:
         self.journal.close()

@@ -37,7 +37,7 @@ def make_algorithm(cfg: Mapping[str, Any]) -> Algorithm:
 
 def replay(algorithm: Algorithm, rows: Sequence[CandidateRow]) -> Algorithm:
     """Tell ``algorithm`` every finished search candidate in the order the run told them; returns it."""
-    told = sorted((r for r in rows if r.told_seq is not None and r.role != "reference"), key=lambda r: r.told_seq)
+    told = sorted((r for r in rows if r.told_seq is not None and not r.is_reference), key=lambda r: r.told_seq)
     for row in told:
         tell_row(algorithm, row)
     return algorithm

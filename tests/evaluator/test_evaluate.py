@@ -8,7 +8,7 @@ import math
 import pytest
 
 from evaluator.config import ConfigError
-from evaluator.evaluate import REASONS, EvalRecord, Evaluator, evaluate
+from evaluator.evaluate import REASONS, EvalRecord, Evaluator, Status, evaluate
 from evaluator.fingerprint import fingerprint
 from primitives import LayerGraph
 
@@ -34,9 +34,20 @@ def run(tiny_cfg):
     return go
 
 
-def test_reason_codes_are_the_journal_s():
+def test_reason_codes_are_stored_words_that_never_change():
     assert REASONS == ("prefilter_nonfinite", "prefilter_constant", "quality", "stability", "nonfinite",
-                       "exception", "timeout", "worker_lost", "abandoned")
+                       "exception", "timeout")
+
+
+def test_a_record_s_reason_matches_its_status():
+    assert EvalRecord.for_reason("quality", "").status is Status.REJECTED
+    assert EvalRecord.for_reason("timeout", "").status is Status.FAILED
+    assert EvalRecord.for_reason("worker_lost", "").status is Status.FAILED  # a runner's own failure
+    assert EvalRecord.from_dict(EvalRecord("ok").to_dict()).status is Status.OK
+    for bad in [dict(status="done"), dict(status="ok", reason="quality"), dict(status="rejected", reason="timeout"),
+                dict(status="failed", reason="quality"), dict(status="failed")]:
+        with pytest.raises(ValueError):
+            EvalRecord(**bad)
 
 
 def test_bn_relu_trains_to_completion_on_every_arch(run, tiny_cfg):

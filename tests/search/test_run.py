@@ -7,7 +7,7 @@ import search
 import search.driver as search_run
 from evaluator.evaluate import EvalRecord
 from search.executor import Outcome, run_job
-from search.journal import STATUSES
+from search.states import State
 from tests.search.fakes import FakeEvaluator, journal_table, small_config
 
 
@@ -27,7 +27,7 @@ def test_serial_run_journals_every_candidate(tmp_path):
         assert view.sessions()[0].stop_reason == "max_evaluations"
     assert [(r.role, r.name) for r in rows[:3]] == [("reference", "bn_relu"), ("reference", "evonorm_s0"),
                                                     ("seed", "evonorm_s0")]
-    assert all(r.status in STATUSES and r.finished for r in rows)
+    assert all(isinstance(r.status, State) and r.finished for r in rows)
     assert sorted(r.told_seq for r in rows) == list(range(1, len(rows) + 1))
     evaluated = [r for r in rows if r.duplicate_of is None and r.role != "reference"]
     assert len(evaluated) == 25 == result.summary.evaluated
