@@ -30,7 +30,7 @@ from tqdm import tqdm
 
 from evaluator.data import read_cifar10
 from evaluator.evaluate import derive_seed
-from primitives import graph_to_yaml, load_graph
+from primitives import graph_to_yaml, load_graph, seeds
 from search.config import load_config
 from search.driver import prepare_data
 from search.executor import Job, Outcome, make_executor
@@ -58,8 +58,6 @@ class PanelLayer:
 
 def load_panel(path: Path = PANEL) -> list[PanelLayer]:
     """The panel's layers in file order: references, seed graphs, then found graphs."""
-    from evonorm import seeds
-
     doc = yaml.safe_load(path.read_text())
     layers = [PanelLayer(name) for name in doc["references"]]
     layers += [PanelLayer(name, graph_to_yaml(seeds.get(name))) for name in doc["seeds"]]

@@ -58,42 +58,74 @@ def sync_batch_var(x: Tensor, group: Optional[Any] = None) -> Tensor:
 
 
 class _SyncBatchVarMixin:
-    """Swaps the batch variance of an EvoNorm B layer for the synchronised one while training.
+    """Takes the training batch variance of an EvoNorm B layer over every process of ``process_group``.
 
-    Overriding ``_normalize_act`` (a math hook) also keeps the layer on its reference path: the
-    fused kernels compute the batch variance inside and cannot take a global one.
+    Overriding ``_batch_var`` (a math hook) also keeps the layer on its reference path: the fused kernels
+    compute the batch variance inside and cannot take a global one.
     """
 
     process_group: Optional[Any] = None
 
-    def _normalize_act(self, x: Tensor) -> Tensor:
-        if not (self.training and dist.is_available() and dist.is_initialized()
-                and dist.get_world_size(self.process_group) > 1):
-            return super()._normalize_act(x)
-        var = sync_batch_var(x, self.process_group)
-        self._update_running_var(var)
-        left = torch.sqrt(var + self.eps).view(self._channel_shape())
-        right = self._instance_term(x)
-        return x / torch.where(left >= right, left, right)
+    def _batch_var(self, x: Tensor) -> Tensor:
+        if dist.is_available() and dist.is_initialized() and dist.get_world_size(self.process_group) > 1:
+            return sync_batch_var(x, self.process_group)
+        return super()._batch_var(x)
 
     def extra_repr(self) -> str:
         return super().extra_repr() + f", process_group={self.process_group}"
 
 
+_SYNC_DOC = ("{}, with its training batch variance taken over every process of ``process_group`` (see "
+             "``evonorm.distributed``); build it with ``convert_sync_evonorm``.")
+
+
+class SyncEvoNorm1dB0(_SyncBatchVarMixin, layers.EvoNorm1dB0):
+    __doc__ = _SYNC_DOC.format("EvoNorm1dB0")
+
+
+class SyncEvoNorm1dB1(_SyncBatchVarMixin, layers.EvoNorm1dB1):
+    __doc__ = _SYNC_DOC.format("EvoNorm1dB1")
+
+
+class SyncEvoNorm1dB2(_SyncBatchVarMixin, layers.EvoNorm1dB2):
+    __doc__ = _SYNC_DOC.format("EvoNorm1dB2")
+
+
+class SyncEvoNorm2dB0(_SyncBatchVarMixin, layers.EvoNorm2dB0):
+    __doc__ = _SYNC_DOC.format("EvoNorm2dB0")
+
+
+class SyncEvoNorm2dB1(_SyncBatchVarMixin, layers.EvoNorm2dB1):
+    __doc__ = _SYNC_DOC.format("EvoNorm2dB1")
+
+
+class SyncEvoNorm2dB2(_SyncBatchVarMixin, layers.EvoNorm2dB2):
+    __doc__ = _SYNC_DOC.format("EvoNorm2dB2")
+
+
+class SyncEvoNorm3dB0(_SyncBatchVarMixin, layers.EvoNorm3dB0):
+    __doc__ = _SYNC_DOC.format("EvoNorm3dB0")
+
+
+class SyncEvoNorm3dB1(_SyncBatchVarMixin, layers.EvoNorm3dB1):
+    __doc__ = _SYNC_DOC.format("EvoNorm3dB1")
+
+
+class SyncEvoNorm3dB2(_SyncBatchVarMixin, layers.EvoNorm3dB2):
+    __doc__ = _SYNC_DOC.format("EvoNorm3dB2")
+
+
+# {B layer class: its Sync subclass}; other B subclasses (timm_compat's) get theirs on first use
+SYNC_CLASSES: Dict[type, type] = {cls.__bases__[1]: cls for cls in (  # bases: (the mixin, the layer)
+    SyncEvoNorm1dB0, SyncEvoNorm1dB1, SyncEvoNorm1dB2, SyncEvoNorm2dB0, SyncEvoNorm2dB1, SyncEvoNorm2dB2,
+    SyncEvoNorm3dB0, SyncEvoNorm3dB1, SyncEvoNorm3dB2)}
+__all__ += sorted(c.__name__ for c in SYNC_CLASSES.values())
+
+
 def _sync_class(cls: type) -> type:
     name = f"Sync{cls.__name__}"
-    doc = (f"{cls.__name__} whose training batch variance is taken over every process of "
-           "``process_group`` (see ``evonorm.distributed``); build it with ``convert_sync_evonorm``.")
     return type(name, (_SyncBatchVarMixin, cls), {"__module__": __name__, "__qualname__": name,
-                                                  "__doc__": doc})
-
-
-# {EvoNorm{1,2,3}dB{0,1,2}: its Sync subclass}; other B subclasses get theirs on first use
-SYNC_CLASSES: Dict[type, type] = {
-    cls: _sync_class(cls) for cls in (getattr(layers, f"EvoNorm{d}dB{k}")
-                                      for d in (1, 2, 3) for k in (0, 1, 2))}
-globals().update({c.__name__: c for c in SYNC_CLASSES.values()})
-__all__ += sorted(c.__name__ for c in SYNC_CLASSES.values())
+                                                  "__doc__": _SYNC_DOC.format(cls.__name__)})
 
 
 def convert_sync_evonorm(module: nn.Module, process_group: Optional[Any] = None) -> nn.Module:

@@ -20,8 +20,8 @@ CPU, Triton on CUDA). ``impl="reference"`` keeps the code below. The layers use
 the reference anyway where the fused ops cannot serve: ``apply_act=False``
 (a plain affine), B1/B2 (no fused kernels), functorch transforms (``vmap``,
 ``torch.func.grad``), and subclasses that override the math hooks
-(``_normalize_act``, ``_gate``, ``_group_stat``, ``_instance_term``; e.g. the
-synchronised batch variance of ``evonorm.distributed``). The fused backward is
+(``_normalize_act``, ``_gate``, ``_group_stat``, ``_instance_term``,
+``_batch_var``; e.g. the synchronised batch variance of ``evonorm.distributed``). The fused backward is
 not differentiable again: build with ``impl="reference"`` for double backward.
 """
 from typing import List, Optional
@@ -43,7 +43,7 @@ __all__ = [
 
 IMPLS = ("fused", "reference")
 # the methods holding a variant's math: a subclass overriding any of them keeps the reference path
-_MATH_HOOKS = ("_normalize_act", "_gate", "_group_stat", "_instance_term")
+_MATH_HOOKS = ("_normalize_act", "_gate", "_group_stat", "_instance_term", "_batch_var")
 
 
 def _fused_variant(cls: type) -> type:
@@ -176,15 +176,20 @@ class _EvoNormBatch(_EvoNormBase):
     def _instance_term(self, x: Tensor) -> Tensor:
         raise NotImplementedError
 
-    def _update_running_var(self, var: Tensor) -> None:
+    def _batch_var(self, x: Tensor) -> Tensor:
+        """The biased per-channel variance of the training batch, over (N, *spatial)."""
+        return _stats.batch_var(x)
+
+    def _update_running_var(self, var: Tensor, count: int) -> None:
+        """Fold ``var``, the batch variance of ``count`` values per channel, into ``running_var``."""
         with torch.no_grad():  # official: mv -= (mv - var) * (1 - decay)
             rv = self.running_var
             rv.sub_((rv - var.to(rv.dtype)) * self.momentum)
 
     def _normalize_act(self, x: Tensor) -> Tensor:
         if self.training:
-            var = _stats.batch_var(x)
-            self._update_running_var(var)
+            var = self._batch_var(x)
+            self._update_running_var(var, x.numel() // x.shape[1])
         else:
             var = self.running_var.to(x.dtype)
         left = torch.sqrt(var + self.eps).view(self._channel_shape())
@@ -292,7 +297,7 @@ class _EvoNormB0(_EvoNormBatch):
     def _fused_forward(self, x: Tensor) -> Tensor:
         if self.training:
             y, var = fused.evonorm_b0(x, self.weight, self.bias, self.v, None, self.eps)
-            self._update_running_var(var)
+            self._update_running_var(var, x.numel() // x.shape[1])
             return y
         return fused.evonorm_b0(x, self.weight, self.bias, self.v, self.running_var, self.eps)[0]
 

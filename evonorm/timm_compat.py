@@ -39,13 +39,8 @@ class _BesselRunningVar:
     changes (the ``_update_running_var`` hook), so the fused path stays available.
     """
 
-    def forward(self, x: Tensor) -> Tensor:
-        self._count = x.numel() // max(x.shape[1], 1)
-        return super().forward(x)
-
-    def _update_running_var(self, var: Tensor) -> None:
-        n = self._count
-        super()._update_running_var(var * (n / max(n - 1, 1)))  # n = 1: timm divides by zero
+    def _update_running_var(self, var: Tensor, count: int) -> None:
+        super()._update_running_var(var * (count / max(count - 1, 1)), count)  # 1: timm divides by zero
 
 
 def bessel_running_var(layer_cls: type) -> type:

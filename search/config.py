@@ -13,7 +13,7 @@ from typing import Any, Iterable, Mapping
 from evaluator import config as evaluator_config
 from evaluator.config import ConfigError
 from evaluator.models import REFERENCES as REFERENCE_LAYERS
-from evonorm import seeds as seed_graphs
+from primitives import seeds as seed_graphs
 from primitives import OPERATORS, PAPER_OPS, PRIORS, S_SERIES_OPS, get_op
 
 __all__ = ["SEARCH_DEFAULTS", "SEARCH_CHECKS", "OP_SETS", "RESUMABLE_KEYS", "ConfigError", "load_config",

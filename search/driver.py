@@ -29,11 +29,11 @@ from evaluator.config import dump_config
 from evaluator.data import check_val_size, read_cifar10
 from evaluator.evaluate import Evaluator
 from evaluator.fingerprint import fingerprint
-from evonorm import seeds as seed_graphs
+from primitives import seeds as seed_graphs
 from primitives import LayerGraph, graph_to_yaml
 
 from .config import check_resume_overrides, load_config
-from .executor import EvaluatorFactory, Job, Outcome, make_executor
+from .executor import EvaluatorFactory, Executor, Job, Outcome, make_executor
 from .journal import CandidateRow, Journal
 from .states import Role, State
 from .results import CONFIG_FILE, RunResult, best_candidate, describe_fitness, summarize, wall_time
@@ -129,7 +129,7 @@ def _abandon_running(journal: Journal) -> None:
 
 
 class _Driver:
-    def __init__(self, cfg: Mapping[str, Any], journal: Journal, algorithm: Algorithm, executor, started: float,
+    def __init__(self, cfg: Mapping[str, Any], journal: Journal, algorithm: Algorithm, executor: Executor, started: float,
                  progress: bool):
         self.cfg = cfg
         self.budget = cfg["search"]

@@ -20,14 +20,14 @@ import time
 import traceback
 from collections import deque
 from dataclasses import dataclass
-from typing import Any, Callable, Mapping, Optional
+from typing import Any, Callable, Mapping, Optional, Protocol
 
 from evaluator.evaluate import EvalRecord, Evaluator
 from primitives import graph_from_yaml
 
 from .states import WORKER_LOST
 
-__all__ = ["Job", "Outcome", "EvaluatorFactory", "ExecutorError", "SerialExecutor", "RayExecutor", "make_executor",
+__all__ = ["Job", "Outcome", "Executor", "EvaluatorFactory", "ExecutorError", "SerialExecutor", "RayExecutor", "make_executor",
            "run_job"]
 
 log = logging.getLogger(__name__)
@@ -58,6 +58,28 @@ class Outcome:
     record: EvalRecord
     worker: str
     attempts: int
+
+
+class Executor(Protocol):
+    """Where the driver and ``search.rerank`` send evaluations (see the module docstring)."""
+
+    slots: int  # how many evaluations it runs at once
+
+    @property
+    def in_flight(self) -> int:
+        """Jobs submitted whose outcome has not been returned by ``wait`` yet."""
+
+    def submit(self, job: Job) -> None:
+        """Start ``job``; only while ``in_flight < slots``."""
+
+    def wait(self, timeout: Optional[float] = None) -> list[Outcome]:
+        """The outcomes that finished within ``timeout`` seconds, possibly none."""
+
+    def abandon(self) -> list[Job]:
+        """Stop the work in flight and hand its jobs back."""
+
+    def close(self) -> None:
+        """Release the workers (and a Ray instance this executor started)."""
 
 
 def worker_id() -> str:
@@ -268,7 +290,7 @@ def _first_line(err: BaseException) -> str:
     return text.splitlines()[0] if text else type(err).__name__
 
 
-def make_executor(cfg: Mapping[str, Any], factory: EvaluatorFactory = Evaluator):
+def make_executor(cfg: Mapping[str, Any], factory: EvaluatorFactory = Evaluator) -> Executor:
     """The executor that ``executor.kind`` names."""
     kind = cfg["executor"]["kind"]
     return SerialExecutor(cfg, factory) if kind == "serial" else RayExecutor(cfg, factory)

@@ -15,7 +15,7 @@ import re
 import sys
 from pathlib import Path
 
-from evonorm import seeds
+from primitives import seeds
 from primitives import GraphFormatError, LayerGraph, layer_source, load_graph
 
 from .journal import JournalError

@@ -105,6 +105,10 @@ class CandidateRow:
     finished_at: Optional[float]
     told_seq: Optional[int]
 
+    def __post_init__(self):  # rows built by hand (tests, tools) read as the journal's own do
+        object.__setattr__(self, "status", State(self.status))
+        object.__setattr__(self, "role", Role(self.role))
+
     @property
     def graph(self) -> Optional[LayerGraph]:
         """The candidate's graph (None for a reference layer that is not a graph, such as ``bn_relu``)."""
@@ -151,8 +155,6 @@ def _row(values: sqlite3.Row) -> CandidateRow:
             value = json.loads(value)
         elif f.name == "batch_dependent" and value is not None:
             value = bool(value)
-        elif f.name in _ENUM_COLUMNS:
-            value = _ENUM_COLUMNS[f.name](value)
         kwargs[f.name] = value
     return CandidateRow(**kwargs)
 

@@ -21,7 +21,7 @@ from primitives import INPUTS, LayerGraph  # noqa: E402
 
 from .evolution import pareto_front  # noqa: E402
 from .journal import CandidateRow  # noqa: E402
-from .state import make_algorithm, tell_row  # noqa: E402
+from .state import make_algorithm, tell_row, told_in_order  # noqa: E402
 from .states import State  # noqa: E402
 
 __all__ = ["Progress", "progress_info", "plot_progress", "ParetoInfo", "pareto_info", "plot_pareto", "plot_graph",
@@ -48,16 +48,15 @@ def progress_info(rows: Sequence[CandidateRow], cfg: Mapping[str, Any], label: s
     if budget not in ("evaluations", "steps"):
         raise ValueError(f"budget must be 'evaluations' or 'steps', got {budget!r}")
     algorithm = make_algorithm(cfg)
-    told = sorted((r for r in rows if r.told_seq is not None and not r.is_reference), key=lambda r: r.told_seq)
     xs, best, median, passed = [], [], [], []
     spent, top = 0.0, None
-    for row in told:
+    for row in told_in_order(rows):
         tell_row(algorithm, row)
         spent += (row.duplicate_of is None) if budget == "evaluations" else row.steps  # duplicates cost nothing
         if row.passed and row.fitness:
             passed.append(row.mean_fitness)
             top = row.mean_fitness if top is None else max(top, row.mean_fitness)
-        population = [sum(m.fitness.values()) / len(m.fitness) for m in getattr(algorithm, "population", ())]
+        population = [sum(m.fitness.values()) / len(m.fitness) for m in algorithm.population]
         pool = population or passed
         xs.append(spent)
         best.append(top)

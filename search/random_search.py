@@ -32,7 +32,7 @@ class RandomSearch:
     def ask(self, rng: random.Random, num_proposed: int) -> Proposal:
         if num_proposed < len(self.seeds):
             name, graph = self.seeds[num_proposed]
-            return Proposal(graph, "seed", name=name)
+            return Proposal(graph, Role.SEED, name=name)
         return Proposal(random_graph(rng, self.ops, self.num_nodes, self.prior), Role.RANDOM)
 
     def tell(self, candidate_id: int, graph: LayerGraph, fitness: Optional[Mapping[str, float]],

@@ -10,18 +10,32 @@ from __future__ import annotations
 
 import hashlib
 import random
-from typing import Any, Mapping, Sequence, Union
+from typing import Any, Iterator, Mapping, Optional, Protocol, Sequence
 
-from evonorm import seeds as seed_graphs
+from primitives import LayerGraph, seeds as seed_graphs
 
 from .config import resolve_ops
-from .evolution import Evolution
+from .evolution import Evolution, Member, Proposal
 from .journal import CandidateRow
 from .random_search import RandomSearch
 
-__all__ = ["Algorithm", "make_algorithm", "replay", "tell_row", "proposal_rng", "evaluation_seed"]
+__all__ = ["Algorithm", "make_algorithm", "replay", "told_in_order", "tell_row", "proposal_rng", "evaluation_seed"]
 
-Algorithm = Union[Evolution, RandomSearch]
+
+class Algorithm(Protocol):
+    """What the driver asks of a search algorithm. It must be a pure function of what it was told and of the
+    generators it is given: then replaying the journal rebuilds it (see the module docstring)."""
+
+    @property
+    def population(self) -> tuple[Member, ...]:
+        """The members it keeps now (none for an algorithm that keeps none)."""
+
+    def ask(self, rng: random.Random, num_proposed: int) -> Proposal:
+        """The next candidate, drawing only from ``rng``; ``num_proposed`` counts its earlier proposals."""
+
+    def tell(self, candidate_id: int, graph: LayerGraph, fitness: Optional[Mapping[str, float]],
+             fingerprint: Optional[str] = None) -> None:
+        """A finished evaluation; ``fitness`` is None unless the candidate passed."""
 
 
 def make_algorithm(cfg: Mapping[str, Any]) -> Algorithm:
@@ -37,10 +51,14 @@ def make_algorithm(cfg: Mapping[str, Any]) -> Algorithm:
 
 def replay(algorithm: Algorithm, rows: Sequence[CandidateRow]) -> Algorithm:
     """Tell ``algorithm`` every finished search candidate in the order the run told them; returns it."""
-    told = sorted((r for r in rows if r.told_seq is not None and not r.is_reference), key=lambda r: r.told_seq)
-    for row in told:
+    for row in told_in_order(rows):
         tell_row(algorithm, row)
     return algorithm
+
+
+def told_in_order(rows: Sequence[CandidateRow]) -> Iterator[CandidateRow]:
+    """The finished search candidates (references never steer a search) in the order the run told them."""
+    yield from sorted((r for r in rows if r.told_seq is not None and not r.is_reference), key=lambda r: r.told_seq)
 
 
 def tell_row(algorithm: Algorithm, row: CandidateRow) -> None:
