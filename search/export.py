@@ -47,10 +47,7 @@ def choose_graph(run_dir: str, rank: int | None = None, hash_prefix: str | None 
         if not 1 <= rank <= len(entries):
             raise ExportError(f"{run_dir}: rank {rank} is out of range; ranks run from 1 to {len(entries)}")
         entry = entries[rank - 1]
-    graph = entry.row.graph
-    if graph is None:
-        raise ExportError(f"{run_dir}: rank {entry.rank} is the reference layer {entry.row.name!r}, which is not a graph")
-    return graph
+    return entry.row.graph  # a search candidate always has one
 
 
 def class_name_for(graph: LayerGraph) -> str:

@@ -1,8 +1,10 @@
 """Ranking a run's candidates: Pareto rank over the per-architecture accuracies, then mean accuracy.
 
-Pure functions of the journal's rows, shared by ``search.inspect`` (tables, JSON, report) and
-``search.export`` (``--rank N``). Duplicates are not ranked twice: each function appears once, with the
-number of times the search found it.
+Pure functions of the journal's rows, shared by ``search.inspect`` (tables, JSON, report), ``search.export``
+(``--rank N``), ``search.rerank`` (``--top K``) and the command line's summary. A rank counts search
+candidates only: references are baselines, never ranked among them; each reference gets its place instead,
+"N of M", where it would sit among the search candidates that passed. Duplicates are not ranked twice: each
+function appears once, with the number of times the search found it.
 """
 from __future__ import annotations
 
@@ -52,19 +54,29 @@ def pareto_ranks(fitness: Sequence[dict[str, float]]) -> list[int]:
     return ranks
 
 
-def leaderboard(rows: Sequence[CandidateRow], top: Optional[int] = None,
-                include_references: bool = True) -> list[Entry]:
-    """The candidates that passed every check (references too, marked by their role), best first."""
-    found = Counter(r.duplicate_of for r in rows if r.status is State.DUPLICATE and r.duplicate_of is not None)
-    passed = [r for r in rows if r.status is State.OK and r.fitness
-              and (include_references or not r.is_reference)]
+def _passed(rows: Sequence[CandidateRow]) -> list[CandidateRow]:
+    return [r for r in rows if r.status is State.OK and r.fitness]
+
+
+def _ranked(passed: Sequence[CandidateRow], found: Counter) -> list[Entry]:
     ranks = pareto_ranks([r.fitness for r in passed])
     order = sorted(range(len(passed)), key=lambda i: (ranks[i], -passed[i].mean_fitness, passed[i].id))
-    entries = [Entry(k + 1, ranks[i], passed[i], 1 + found[passed[i].id]) for k, i in enumerate(order)]
+    return [Entry(k + 1, ranks[i], passed[i], 1 + found[passed[i].id]) for k, i in enumerate(order)]
+
+
+def leaderboard(rows: Sequence[CandidateRow], top: Optional[int] = None) -> list[Entry]:
+    """The search candidates that passed every check, best first (references are placed by ``places``)."""
+    found = Counter(r.duplicate_of for r in rows if r.status is State.DUPLICATE and r.duplicate_of is not None)
+    entries = _ranked([r for r in _passed(rows) if not r.is_reference], found)
     return entries[:top] if top is not None else entries
 
 
 def places(rows: Sequence[CandidateRow]) -> dict[int, str]:
-    """``"N of M"`` for each candidate that passed: its rank among the M that did (how references are read)."""
-    board = leaderboard(rows)
-    return {e.row.id: f"{e.rank} of {len(board)}" for e in board}
+    """``"N of M"`` for each reference that passed: its rank when it alone joins the search candidates that
+    passed (M counts them and it)."""
+    search = [r for r in _passed(rows) if not r.is_reference]
+    out = {}
+    for ref in (r for r in _passed(rows) if r.is_reference):
+        board = _ranked([*search, ref], Counter())
+        out[ref.id] = f"{next(e.rank for e in board if e.row.id == ref.id)} of {len(board)}"
+    return out

@@ -78,12 +78,14 @@ class Trial:
 @dataclass(frozen=True)
 class Reranked:
     """A retrained candidate: its journal row, its place in the search (None if it did not pass there), its
-    trials in seed order, and its new rank (None when no trial completed)."""
+    trials in seed order, and its new rank among the search candidates (None when no trial completed, and
+    for a reference, whose ``place`` among them is "N of M")."""
 
     row: CandidateRow
     search_rank: Optional[int]
     trials: tuple[Trial, ...]
     rank: Optional[int] = None
+    place: Optional[str] = None
 
     def accuracies(self, arch: str) -> list[float]:
         """Test accuracy on ``arch`` for each completed trial."""
@@ -149,13 +151,11 @@ def rerank_seeds(run_seed: int, count: int) -> tuple[int, ...]:
 
 def _select(view: RunView, top: int) -> list[tuple[CandidateRow, Optional[int]]]:
     """The top search candidates, then the references, each with its rank in the search."""
-    entries = leaderboard(view.candidates())
-    ranks = {e.row.id: e.rank for e in entries}
-    chosen = [e.row for e in entries if not e.row.is_reference][:top]
-    if not chosen:
+    entries = leaderboard(view.candidates(), top=top)
+    if not entries:
         raise RerankError(f"no search candidate in {view.run_dir} passed every check; nothing to re-rank")
     references = sorted(view.references().values(), key=lambda r: r.id)
-    return [(row, ranks.get(row.id)) for row in chosen + references]
+    return [(e.row, e.rank) for e in entries] + [(row, None) for row in references]
 
 
 def _evaluate(executor, jobs: Sequence[Job], progress: bool) -> Iterator[Outcome]:
@@ -211,11 +211,21 @@ def rerank(run_dir: str | os.PathLike, top: int = 10, seeds: int = 3, steps: Opt
 
 
 def _rank(candidates: list[Reranked]) -> tuple[Reranked, ...]:
-    """New ranks by mean test accuracy (ties: the search's order); candidates with no completed trial last."""
+    """New ranks of the search candidates by mean test accuracy (ties: the search's order), those with no
+    completed trial last; each reference placed where it would sit among them (ties go to the candidates)."""
     order = sorted(candidates, key=lambda c: (c.mean is None, -(c.mean or 0.0), c.search_rank or float("inf"),
-                                              c.row.id))
-    return tuple(Reranked(c.row, c.search_rank, c.trials, k + 1 if c.mean is not None else None)
-                 for k, c in enumerate(order))
+                                              c.row.is_reference, c.row.id))
+    scored = [c.mean for c in order if c.mean is not None and not c.row.is_reference]
+    out, rank = [], 0
+    for c in order:
+        if c.row.is_reference:
+            place = (f"{1 + sum(m >= c.mean for m in scored)} of {len(scored) + 1}" if c.mean is not None
+                     else None)
+            out.append(Reranked(c.row, None, c.trials, None, place))
+        else:
+            rank += c.mean is not None
+            out.append(Reranked(c.row, c.search_rank, c.trials, rank if c.mean is not None else None))
+    return tuple(out)
 
 
 def spearman(x: Sequence[float], y: Sequence[float]) -> Optional[float]:
@@ -254,7 +264,7 @@ def rerank_table(result: Rerank, markdown: bool = False) -> str:
     rows = []
     for c in result.candidates:
         fitness = c.row.fitness if c.row.passed and c.row.fitness else {}
-        rows.append([str(c.rank or "-"), str(c.search_rank or "-"), str(c.row.id),
+        rows.append([str(c.rank or c.place or "-"), str(c.search_rank or "-"), str(c.row.id),
                      *(f"{fitness[a]:.3f}" if a in fitness else "-" for a in archs),
                      f"{c.row.mean_fitness:.3f}" if fitness else "-",
                      *(_spread(c.accuracies(a)) for a in archs), _spread(c.seed_means),
@@ -304,7 +314,7 @@ def _write_csv(result: Rerank, path: Path) -> None:
             for t in c.trials:
                 rec = t.record
                 for arch in result.archs:
-                    writer.writerow([r.id, r.role, r.name or "", c.search_rank or "", c.rank or "", t.seed_index,
+                    writer.writerow([r.id, r.role, r.name or "", c.search_rank or "", c.rank or c.place or "", t.seed_index,
                                      t.seed, arch, (r.fitness or {}).get(arch, "") if r.passed else "",
                                      (rec.test_accuracy or {}).get(arch, ""), rec.status, rec.reason or "",
                                      rec.detail, rec.steps, rec.wall_time, t.worker, r.formula or ""])

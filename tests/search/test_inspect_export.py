@@ -3,11 +3,13 @@ import json
 import subprocess
 import sys
 import textwrap
+from dataclasses import replace
 
 import pytest
 
 from search import open_run, run
-from search.leaderboard import leaderboard, pareto_ranks
+from search.journal import CandidateRow
+from search.leaderboard import leaderboard, pareto_ranks, places
 from tests.search.fakes import FakeEvaluator, small_config
 
 REPO = __import__("pathlib").Path(__file__).resolve().parents[2]
@@ -61,19 +63,40 @@ def test_inspect_json_table_plots_and_report(run_dir):
     assert "![Search progress](plots/progress.png)" in report and "| rank |" in report
 
 
-def test_report_gives_each_reference_its_place(tmp_path):
+def test_ranks_count_search_candidates_and_references_get_their_place(tmp_path):
     out = tmp_path / "refs"
     run(small_config("search.max_evaluations=20", "model.groups=8"), out,  # groups 8: both references pass
         evaluator_factory=lambda c: FakeEvaluator(c))
     with open_run(out) as view:
-        board = leaderboard(view.candidates())
-    places = {e.row.name: e.rank for e in board if e.row.role == "reference"}
-    assert set(places) == {"bn_relu", "evonorm_s0"}
+        rows = view.candidates()
+    board = leaderboard(rows)
+    assert board and not any(e.row.is_reference for e in board)
+    assert [e.rank for e in board] == list(range(1, len(board) + 1))
+    ranked = places(rows)
+    assert {r.name for r in rows if r.id in ranked} == {"bn_relu", "evonorm_s0"}
+    for place in ranked.values():
+        n, m = map(int, place.split(" of "))
+        assert m == len(board) + 1 and 1 <= n <= m
     cli("-m", "search.inspect", str(out), "--top", "1", "--plots")
     references = (out / "report.md").read_text().split("## References")[1].split("##")[0]
-    for name, place in places.items():
-        line = next(line for line in references.splitlines() if line.startswith(f"| {name} |"))
-        assert line.endswith(f"| {place} of {len(board)} |")
+    for row in rows:
+        if row.id in ranked:
+            line = next(line for line in references.splitlines() if line.startswith(f"| {row.name} |"))
+            assert line.endswith(f"| {ranked[row.id]} |")
+
+
+def test_a_reference_s_place_is_where_it_would_sit_among_the_candidates():
+    row = CandidateRow(id=1, role="child", name=None, graph_yaml=None, formula="x", structural_hash=None,
+                       fingerprint=None, batch_dependent=False, parent_id=None, duplicate_of=None, status="ok",
+                       reason=None, detail=None, fitness={"a": 0.5}, test_accuracy=None, steps=1, eval_seed=1,
+                       attempts=1, worker="w", wall_time=1.0, proposed_at=1.0, started_at=1.0, finished_at=1.0,
+                       told_seq=1)
+    rows = [replace(row, id=1, role="reference", name="best", fitness={"a": 0.9}),
+            replace(row, id=2, role="reference", name="worst", fitness={"a": 0.1}),
+            replace(row, id=3, fitness={"a": 0.5}), replace(row, id=4, fitness={"a": 0.6}),
+            replace(row, id=5, role="reference", name="middle", fitness={"a": 0.55})]
+    assert [e.row.id for e in leaderboard(rows)] == [4, 3]
+    assert places(rows) == {1: "1 of 3", 2: "3 of 3", 5: "2 of 3"}  # each reference alone among the candidates
 
 
 def test_inspect_refuses_a_directory_without_a_journal(tmp_path):
@@ -133,11 +156,6 @@ def test_export_by_rank_reproduces_the_journal_graph(run_dir, tmp_path, rank):
     if rank > len(entries):
         pytest.fail(f"the fake run passed only {len(entries)} candidates")
     entry = entries[rank - 1]
-    if entry.row.graph is None:  # a reference such as bn_relu is no graph
-        result = cli("-m", "search.export", str(run_dir), "--rank", str(rank), "--out", str(tmp_path / "x.py"),
-                     check=False)
-        assert result.returncode == 2 and "not a graph" in result.stderr
-        return
     out = tmp_path / f"layer{rank}.py"
     cli("-m", "search.export", str(run_dir), "--rank", str(rank), "--out", str(out), "--name", "Found")
     check_in_fresh_process(tmp_path, out, "Found", entry.row.graph)

@@ -43,7 +43,7 @@ def reranked(run_dir):
 def test_retrains_the_top_candidates_and_the_references_with_each_seed(run_dir, reranked):
     _, rows = reranked
     with open_run(run_dir) as view:
-        top = [e.row.id for e in leaderboard(view.candidates()) if e.row.role != "reference"][:2]
+        top = [e.row.id for e in leaderboard(view.candidates())][:2]
         references = sorted(r.id for r in view.references().values())
         seed = view.config["seed"]
     assert sorted({int(r["candidate_id"]) for r in rows}) == sorted(top + references)
@@ -56,6 +56,16 @@ def test_retrains_the_top_candidates_and_the_references_with_each_seed(run_dir, 
         by_seed.setdefault((r["candidate_id"], r["arch"]), set()).add(r["test_accuracy"])
     assert any(len(accs) == 2 for accs in by_seed.values()), "two seeds should not train identically"
     assert {int(r["steps"]) for r in ok} == {2 * STEPS}
+
+
+def test_new_ranks_count_search_candidates_and_place_the_references(reranked):
+    _, rows = reranked
+    ranks = {int(r["rank"]) for r in rows if r["role"] != "reference" and r["rank"]}  # "": no trial completed
+    assert ranks and ranks == set(range(1, len(ranks) + 1))
+    for r in rows:
+        if r["role"] == "reference" and r["rank"]:
+            n, m = map(int, r["rank"].split(" of "))
+            assert m == len(ranks) + 1 and 1 <= n <= m and r["search_rank"] == ""
 
 
 def test_a_csv_value_is_what_the_evaluator_gives_directly(run_dir, reranked):
