@@ -12,12 +12,11 @@ import textwrap
 
 from . import ops, stats
 from .compile import output_scale, running_buffers
-from .graph import INPUTS, LayerGraph
+from .graph import INPUTS, PARAM_INIT, LayerGraph
 from .ops import get_op
 
 __all__ = ["layer_source"]
 
-_INIT = {"v0": 0.0, "v1": 1.0}
 
 
 def _variable_names(graph: LayerGraph) -> dict[str, str]:
@@ -70,14 +69,14 @@ def layer_source(graph: LayerGraph, class_name: str = "EvolvedNorm") -> str:
         raise ValueError(f"class name {class_name!r} is not a Python identifier")
     graph = graph.validate().pruned()
     formula = graph.formula()
-    params = sorted(graph.used_inputs & set(_INIT))
+    params = sorted(graph.used_inputs & set(PARAM_INIT))
     buffers = running_buffers(graph)
     names = _variable_names(graph)
     subs = _sub_formulas(graph)
 
     init_lines = [f"self.{p} = nn.Parameter(torch.empty(num_features))" for p in params]
     init_lines += [f'self.register_buffer("{b}", torch.empty(num_features))' for b in buffers.values()]
-    reset_lines = [f"nn.init.constant_(self.{p}, {_INIT[p]})" for p in params]
+    reset_lines = [f"nn.init.constant_(self.{p}, {PARAM_INIT[p]})" for p in params]
     for node, b in buffers.items():
         reset_lines.append(f"self.{b}.fill_({stats.INITIAL_MOMENT[stats.MOMENT_OF[get_op(graph.op(node)).stat]]})")
 

@@ -4,14 +4,13 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .graph import INPUTS, LayerGraph
+from .graph import INPUTS, PARAM_INIT, LayerGraph
 from .ops import Op, get_op
 from .autograd import moment
 from .stats import INITIAL_MOMENT, MOMENT_OF, finish, resolve_groups, running_moment, update_running
 
 __all__ = ["GraphLayer", "compile_graph", "running_buffers", "output_scale"]
 
-_PARAM_INIT = {"v0": 0.0, "v1": 1.0}
 
 
 def running_buffers(graph: LayerGraph) -> dict[str, str]:
@@ -103,7 +102,7 @@ class GraphLayer(nn.Module):
         self.reset_running_stats()
         nn.init.ones_(self.weight)
         nn.init.zeros_(self.bias)
-        for name, value in _PARAM_INIT.items():
+        for name, value in PARAM_INIT.items():
             if getattr(self, name) is not None:
                 nn.init.constant_(getattr(self, name), value)
 

@@ -65,7 +65,7 @@ def _grow(rng: random.Random, ops: Sequence[str], num_nodes: int, typed: bool) -
         if typed and not get_op(op).is_aggregate and any(src in full for src in graph.inputs(node)):
             full.add(node)
         earlier.append(node)
-    return graph
+    return graph.validate()
 
 
 def random_graph(rng: random.Random, ops: Sequence[str], num_nodes: int = 10, prior: str = "uniform") -> LayerGraph:

@@ -7,7 +7,8 @@ drops dead nodes and merges repeated sub-expressions.
 A graph maps x of shape (N, C, *spatial) to a tensor of the same shape. Its initial nodes are ``x``, the
 constant ``zero`` and two trainable per-channel vectors ``v0`` (init 0) and ``v1`` (init 1); each op node
 stores its op name and its ordered inputs (so ``mul(x, x)`` is representable), and the last node is the
-output. Graphs are treated as values: mutation copies first.
+output. A graph is a value: built node by node with ``add``, it is frozen by ``validate`` (which
+``from_nodes`` calls), and from then on equal graphs hash alike and every change makes a copy.
 """
 from __future__ import annotations
 
@@ -18,9 +19,11 @@ import networkx as nx
 
 from .ops import get_op
 
-__all__ = ["LayerGraph", "GraphError", "INPUTS"]
+__all__ = ["LayerGraph", "GraphError", "INPUTS", "PARAM_INIT"]
 
 INPUTS: tuple[str, ...] = ("x", "zero", "v0", "v1")
+# The trainable per-channel inputs and their initial values, for the compiler and the code generator.
+PARAM_INIT: dict[str, float] = {"v0": 0.0, "v1": 1.0}
 _ATOM = 100  # formula precedence of a leaf or a function call
 
 
@@ -36,10 +39,15 @@ class LayerGraph:
         self._g = nx.DiGraph()
         for key in INPUTS:
             self._g.add_node(key, op="input", inputs=())
+        self._frozen = False
+        self._pruned: LayerGraph | None = None
 
     # --- building -------------------------------------------------------------------------------------
     def add(self, op: str, *inputs: str, node: str | None = None) -> str:
-        """Append an op node reading ``inputs`` (earlier nodes) and return its id (``n1``, ``n2``, ...)."""
+        """Append an op node reading ``inputs`` (earlier nodes) and return its id (``n1``, ``n2``, ...).
+        Reading earlier nodes only, a graph cannot have a cycle."""
+        if self._frozen:
+            raise GraphError("this graph is validated, so it is a value; build a new one (or use replace)")
         node = node if node is not None else f"n{len(self._g) - len(INPUTS) + 1}"
         try:
             spec = get_op(op)
@@ -80,8 +88,8 @@ class LayerGraph:
     # --- reading --------------------------------------------------------------------------------------
     @property
     def graph(self) -> nx.DiGraph:
-        """The underlying networkx graph (read-only by convention)."""
-        return self._g
+        """A read-only view of the networkx graph (for its algorithms: ancestors, drawing)."""
+        return self._g.copy(as_view=True)
 
     @property
     def intermediate(self) -> list[str]:
@@ -110,34 +118,28 @@ class LayerGraph:
     def __eq__(self, other) -> bool:
         return isinstance(other, LayerGraph) and self.rows() == other.rows()
 
+    def __hash__(self) -> int:
+        if not self._frozen:
+            raise TypeError("a LayerGraph is hashable once validated (it can still change before)")
+        return hash(tuple(self.rows()))
+
     def __repr__(self) -> str:
         return f"LayerGraph({self.formula()!r}, nodes={len(self)})"
 
     # --- rules ----------------------------------------------------------------------------------------
     def validate(self) -> "LayerGraph":
-        """Check arity, acyclicity and that every input exists; raise ``GraphError`` naming the node."""
-        for node in self.intermediate:
-            spec = get_op(self.op(node))
-            inputs = self.inputs(node)
-            if len(inputs) != spec.arity:
-                raise GraphError(f"node {node!r}: op {spec.name!r} takes {spec.arity} input(s), got {len(inputs)}")
-            missing = [src for src in inputs if src not in self._g]
-            if missing:
-                raise GraphError(f"node {node!r} reads unknown node(s) {missing}")
-        if not nx.is_directed_acyclic_graph(self._g):
-            cycle = " -> ".join(u for u, _ in nx.find_cycle(self._g))
-            raise GraphError(f"the graph has a cycle: {cycle}")
-        position = {n: i for i, n in enumerate(self._g)}
-        for node in self.intermediate:
-            late = [src for src in self.inputs(node) if position[src] > position[node]]
-            if late:
-                raise GraphError(f"node {node!r} reads {late}, which come after it; list nodes in order")
+        """Check that the graph has an output, and freeze it; returns it. ``add`` has checked each node's op,
+        arity and inputs already."""
         self.output  # noqa: B018 -- raises when there is no op node
+        self._frozen = True
         return self
 
     # --- the phenotype --------------------------------------------------------------------------------
     def pruned(self) -> "LayerGraph":
-        """The nodes the output depends on, with repeated sub-expressions merged into their first copy."""
+        """The nodes the output depends on, with repeated sub-expressions merged into their first copy
+        (computed once for a validated graph, which every derived view reads)."""
+        if self._pruned is not None:
+            return self._pruned
         live = nx.ancestors(self._g, self.output) | {self.output}
         canonical: dict[str, str] = {k: k for k in INPUTS}
         seen: dict[tuple, str] = {}
@@ -153,6 +155,10 @@ class LayerGraph:
                 continue
             canonical[node] = seen.setdefault(key, node)
             out.add(spec.name, *args, node=node)
+        out.validate()
+        out._pruned = out  # pruning a pruned graph changes nothing
+        if self._frozen:
+            self._pruned = out
         return out
 
     @property

@@ -1,5 +1,6 @@
 import random
 
+import networkx as nx
 import pytest
 import torch
 from hypothesis import given, strategies as st
@@ -50,11 +51,20 @@ def test_invalid_graphs_are_refused_with_the_node_named(rows, match):
         LayerGraph.from_nodes(rows)
 
 
-def test_cycles_are_reported():
+def test_a_validated_graph_is_a_value():
     g = LayerGraph.from_nodes([("a", "exp", ["x"]), ("b", "exp", ["a"])])
-    g.graph.add_edge("b", "a")
-    with pytest.raises(GraphError, match="cycle"):
-        g.validate()
+    with pytest.raises(nx.NetworkXError, match="Frozen"):  # no edge can make a cycle behind its back
+        g.graph.add_edge("b", "a")
+    with pytest.raises(GraphError, match="value"):
+        g.add("exp", "b")
+    same = LayerGraph.from_nodes([("a", "exp", ["x"]), ("b", "exp", ["a"])], name="other name")
+    assert same == g and hash(same) == hash(g) and len({g, same}) == 1
+    assert g.pruned() is g.pruned() and g.pruned().pruned() is g.pruned()  # computed once
+    building = LayerGraph()
+    building.add("exp", "x")
+    with pytest.raises(TypeError, match="once validated"):
+        hash(building)
+    assert hash(building.validate()) == hash(LayerGraph.from_nodes([("n1", "exp", ["x"])]))
 
 
 def test_yaml_round_trip(tmp_path):
