@@ -10,7 +10,7 @@ from __future__ import annotations
 import networkx as nx
 
 from .generate import viable
-from .graph import INPUTS, LayerGraph
+from .graph import LayerGraph
 from .ops import get_op
 
 __all__ = ["LAYER_CLASSES", "layer_class", "is_normalizer"]

@@ -7,17 +7,13 @@ that resumes the run).
 from __future__ import annotations
 
 import argparse
-import logging
 import os
 import signal
 import sys
 from pathlib import Path
 
-from evaluator.data import DataError
-
+from .command import RESOURCE_ERRORS, USAGE_ERRORS, report_error, setup_logging
 from .config import ConfigError, find_config, load_config
-from .executor import ExecutorError
-from .journal import JournalError
 from .leaderboard import places
 from .results import RunResult, describe_fitness, open_run
 from .driver import default_run_dir, resume, run
@@ -52,9 +48,7 @@ def _interrupt(signum, frame):
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
-    logging.getLogger("evaluator").setLevel(logging.WARNING)  # one line per candidate is the search's job
+    setup_logging(args.quiet)
     overrides = list(args.overrides)
     if args.address:
         overrides += ["executor.kind=ray", f"executor.address={args.address}"]
@@ -72,12 +66,8 @@ def main(argv: list[str] | None = None) -> int:
             cfg = load_config(find_config(args.config), overrides)
             run_dir = Path(args.out) if args.out else default_run_dir(cfg)
             result = run(cfg, run_dir, progress=not args.quiet)
-    except (ConfigError, JournalError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    except (DataError, ExecutorError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 1
+    except (*USAGE_ERRORS, *RESOURCE_ERRORS) as err:
+        return report_error(err)
     except KeyboardInterrupt:
         if run_dir is not None and (run_dir / "search.sqlite").exists():
             print(f"\ninterrupted; in-flight evaluations were recorded as abandoned. Resume with:\n"

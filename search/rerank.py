@@ -36,14 +36,14 @@ from tqdm import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
 from evaluator.config import check_scoring
-from evaluator.data import DataError
 from evaluator.evaluate import EvalRecord, Evaluator, Status, derive_seed
 
-from .config import ConfigError, load_config
+from .command import RESOURCE_ERRORS, USAGE_ERRORS, report_error, setup_logging
+from .config import load_config
 from .driver import prepare_data
-from .executor import EvaluatorFactory, ExecutorError, Job, Outcome, make_executor
+from .executor import EvaluatorFactory, Job, Outcome, make_executor
 from .inspect import RERANK_FILE, existing_plots, format_table, label, write_report
-from .journal import CandidateRow, JournalError
+from .journal import CandidateRow
 from .leaderboard import leaderboard
 from .plots import RerankPoint, plot_rerank
 from .results import CONFIG_FILE, RunView, open_run
@@ -347,18 +347,12 @@ def main(argv: list[str] | None = None) -> int:
                    help="override a value of the run's config, after the re-ranking's own (repeatable)")
     p.add_argument("--quiet", action="store_true", help="no progress bar, warnings only")
     args = p.parse_args(argv)
-    logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
-    logging.getLogger("evaluator").setLevel(logging.WARNING)
+    setup_logging(args.quiet)
     try:
         result = rerank(args.run_dir, args.top, args.seeds, args.steps, args.overrides, args.workers,
                         progress=not args.quiet)
-    except (JournalError, ConfigError, RerankError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    except (DataError, ExecutorError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 1
+    except (*USAGE_ERRORS, *RESOURCE_ERRORS, RerankError) as err:
+        return report_error(err)
     except KeyboardInterrupt:
         print("\ninterrupted; nothing was written", file=sys.stderr)
         return 130
