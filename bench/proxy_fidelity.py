@@ -53,7 +53,7 @@ class PanelLayer:
     graph_yaml: Optional[str] = None
 
     def job(self, index: int, seed: int) -> Job:
-        return Job(index, seed, self.graph_yaml, None if self.graph_yaml else self.name)
+        return Job.of(index, seed, self.graph_yaml, self.name)
 
 
 def load_panel(path: Path = PANEL) -> list[PanelLayer]:

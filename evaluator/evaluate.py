@@ -33,7 +33,7 @@ from primitives import LayerGraph
 from .config import DEFAULTS, check_scoring
 from .data import Dataset, load_dataset
 from .fingerprint import fingerprint
-from .models import Layer, NormActFactory, build_model, layer_name, resolve_layer
+from .models import Layer, NormActFactory, build_model, layer_name, norm_options, resolve_layer
 from .rejection import prefilter, worst_grad_norm
 from .train import NonFiniteError, TimeLimitError, Trainer
 
@@ -143,12 +143,10 @@ class Evaluator:
         self.data = (data if data is not None else load_dataset(cfg["data"], cfg["seed"])).to(self.device)
 
     def _factory(self, layer: Layer) -> NormActFactory:
-        m = self.cfg["model"]
-        return NormActFactory(layer, groups=m["groups"], eps=m["eps"], momentum=m["momentum"])
+        return NormActFactory(layer, **norm_options(self.cfg["model"]))
 
     def fingerprint(self, layer: Layer) -> str:
-        m = self.cfg["model"]
-        return fingerprint(layer, groups=m["groups"], eps=m["eps"], momentum=m["momentum"])
+        return fingerprint(layer, **norm_options(self.cfg["model"]))
 
     def evaluate(self, layer: Layer, seed: int) -> EvalRecord:
         """Evaluate ``layer`` (a ``LayerGraph``, a seed name or a reference name) seeded by ``seed``."""

@@ -21,10 +21,10 @@ from typing import Any, Callable, Mapping, Union
 import torch
 from torch import nn
 
-from evonorm import seeds
+from primitives import seeds
 from primitives import LayerGraph, compile_graph, resolve_groups
 
-__all__ = ["REFERENCES", "Layer", "NormActFactory", "resolve_layer", "layer_name", "build_model",
+__all__ = ["REFERENCES", "Layer", "NormActFactory", "resolve_layer", "layer_name", "norm_options", "build_model",
            "ResNet", "MobileNetV2", "EfficientNet"]
 
 REFERENCES = ("bn_relu", "gn_relu")
@@ -45,6 +45,12 @@ def resolve_layer(layer: Layer) -> Layer:
     except ValueError:
         raise ValueError(f"unknown layer {layer!r}; use a LayerGraph, a reference ({', '.join(REFERENCES)}) "
                          f"or a seed ({', '.join(seeds.names())})") from None
+
+
+def norm_options(model_cfg: Mapping[str, Any]) -> dict[str, Any]:
+    """The options every candidate layer is built with (``model.groups``, ``eps``, ``momentum``), as keyword
+    arguments of ``NormActFactory`` and ``fingerprint``."""
+    return {"groups": model_cfg["groups"], "eps": model_cfg["eps"], "momentum": model_cfg["momentum"]}
 
 
 def layer_name(layer: Layer) -> str:

@@ -123,7 +123,3 @@ class Trainer:
         images, labels = (self.data.val_x, self.data.val_y) if split == "val" else (self.data.test_x,
                                                                                    self.data.test_y)
         return accuracy(self.model, images, labels, self.cfg["eval_batch_size"], self.cfg["amp"])
-
-    @property
-    def done(self) -> bool:
-        return self.step >= self.steps

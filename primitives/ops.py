@@ -43,8 +43,8 @@ class Op:
 
     ``fn`` computes an element-wise op; aggregates carry ``axes`` and ``stat`` instead and are computed by
     ``primitives.stats``. ``code`` is the torch expression the exporter writes (``{0}``, ``{1}`` are the
-    inputs, ``x`` the layer's input, ``self`` the exported module); ``formula`` prints the op, ``prec`` is its binding strength for parentheses (higher binds
-    tighter; infix ops only).
+    inputs, ``x`` the layer's input, ``self`` the exported module); ``formula`` prints the op, ``prec`` is its
+    binding strength for parentheses (higher binds tighter; infix ops only).
     """
 
     name: str
@@ -71,18 +71,19 @@ class Op:
 
 def _elementwise() -> list[Op]:
     return [
-        Op("add", 2, True, "{0} + {1}", torch.add, "{0} + {1}", prec=1),
-        Op("mul", 2, True, "{0} * {1}", torch.mul, "{0} * {1}", prec=2),
-        Op("div", 2, False, "{0} / {1}", divide, "{0} / {1}", prec=2),
-        Op("max", 2, True, "max({0}, {1})", maximum, "torch.maximum({0}, {1})"),
-        Op("neg", 1, False, "-{0}", torch.neg, "-{0}", prec=3),
-        Op("sigmoid", 1, False, "sigmoid({0})", torch.sigmoid, "torch.sigmoid({0})"),
-        Op("tanh", 1, False, "tanh({0})", torch.tanh, "torch.tanh({0})"),
-        Op("exp", 1, False, "exp({0})", torch.exp, "torch.exp({0})"),
-        Op("log", 1, False, "log({0})", signed_log, "signed_log({0})"),
-        Op("abs", 1, False, "abs({0})", torch.abs, "torch.abs({0})"),
-        Op("square", 1, False, "square({0})", torch.square, "torch.square({0})"),
-        Op("sqrt", 1, False, "sqrt({0})", signed_sqrt, "signed_sqrt({0})"),
+        Op("add", arity=2, commutative=True, formula="{0} + {1}", fn=torch.add, code="{0} + {1}", prec=1),
+        Op("mul", arity=2, commutative=True, formula="{0} * {1}", fn=torch.mul, code="{0} * {1}", prec=2),
+        Op("div", arity=2, commutative=False, formula="{0} / {1}", fn=divide, code="{0} / {1}", prec=2),
+        Op("max", arity=2, commutative=True, formula="max({0}, {1})", fn=maximum, code="torch.maximum({0}, {1})"),
+        Op("neg", arity=1, commutative=False, formula="-{0}", fn=torch.neg, code="-{0}", prec=3),
+        Op("sigmoid", arity=1, commutative=False, formula="sigmoid({0})", fn=torch.sigmoid,
+           code="torch.sigmoid({0})"),
+        Op("tanh", arity=1, commutative=False, formula="tanh({0})", fn=torch.tanh, code="torch.tanh({0})"),
+        Op("exp", arity=1, commutative=False, formula="exp({0})", fn=torch.exp, code="torch.exp({0})"),
+        Op("log", arity=1, commutative=False, formula="log({0})", fn=signed_log, code="signed_log({0})"),
+        Op("abs", arity=1, commutative=False, formula="abs({0})", fn=torch.abs, code="torch.abs({0})"),
+        Op("square", arity=1, commutative=False, formula="square({0})", fn=torch.square, code="torch.square({0})"),
+        Op("sqrt", arity=1, commutative=False, formula="sqrt({0})", fn=signed_sqrt, code="signed_sqrt({0})"),
     ]
 
 
@@ -99,7 +100,8 @@ def _aggregate_code(axes: str, stat: str) -> str:
 
 def _aggregates() -> list[Op]:
     return [
-        Op(f"{stat}_{axes}", 1, False, f"{stat}_{axes}({{0}})", code=_aggregate_code(axes, stat), axes=axes, stat=stat)
+        Op(f"{stat}_{axes}", arity=1, commutative=False, formula=f"{stat}_{axes}({{0}})",
+           code=_aggregate_code(axes, stat), axes=axes, stat=stat)
         for stat in STATS
         for axes in AXES
     ]

@@ -29,6 +29,7 @@ from evaluator.config import dump_config
 from evaluator.data import check_val_size, read_cifar10
 from evaluator.evaluate import Evaluator
 from evaluator.fingerprint import fingerprint
+from evaluator.models import norm_options
 from primitives import seeds as seed_graphs
 from primitives import LayerGraph, graph_to_yaml
 
@@ -186,8 +187,7 @@ class _Driver:
 
     def _restart(self, row: CandidateRow, **changes: Any) -> None:
         self.journal.mark_running(row.id, **changes)
-        self.backlog.append(Job(row.id, self._eval_seed(row.id), row.graph_yaml,
-                                None if row.graph_yaml else row.name))
+        self.backlog.append(Job.of(row.id, self._eval_seed(row.id), row.graph_yaml, row.name))
 
     # --- the loop -------------------------------------------------------------------------------------
     def loop(self) -> str:
@@ -276,7 +276,7 @@ class _Driver:
         """The graph's functional fingerprint, or None (no dedup by function) if it cannot be computed."""
         m = self.cfg["model"]
         try:
-            return fingerprint(graph, groups=m["groups"], eps=m["eps"], momentum=m["momentum"])
+            return fingerprint(graph, **norm_options(self.cfg["model"]))
         except Exception as err:  # noqa: BLE001 -- a bad graph must reach the evaluator, which records why
             log.debug("no fingerprint for %s: %s", graph.formula(), err)
             return None
@@ -298,8 +298,8 @@ class _Driver:
         return evaluation_seed(self.cfg["seed"], candidate_id, self.budget["common_random_numbers"])
 
     def _job(self, candidate_id: int, graph: Optional[LayerGraph], name: Optional[str]) -> Job:
-        return Job(candidate_id, self._eval_seed(candidate_id),
-                   graph_to_yaml(graph) if graph is not None else None, None if graph is not None else name)
+        return Job.of(candidate_id, self._eval_seed(candidate_id),
+                      graph_to_yaml(graph) if graph is not None else None, name)
 
     def _dispatch(self, job: Job) -> None:
         self.journal.mark_dispatched(job.candidate_id)

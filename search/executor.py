@@ -51,6 +51,11 @@ class Job:
     graph_yaml: Optional[str] = None
     name: Optional[str] = None
 
+    @classmethod
+    def of(cls, candidate_id: int, seed: int, graph_yaml: Optional[str], name: Optional[str]) -> "Job":
+        """The job for a layer: its graph when it has one, else (a reference such as ``bn_relu``) its name."""
+        return cls(candidate_id, seed, graph_yaml, None if graph_yaml else name)
+
 
 @dataclass(frozen=True)
 class Outcome:

@@ -190,7 +190,7 @@ def rerank(run_dir: str | os.PathLike, top: int = 10, seeds: int = 3, steps: Opt
         chosen = _select(view, top)
         seed_list = rerank_seeds(view.config["seed"], seeds)
         prepare_data(cfg)
-        jobs = [Job(row.id, seed, row.graph_yaml, None if row.graph_yaml else row.name)
+        jobs = [Job.of(row.id, seed, row.graph_yaml, row.name)
                 for seed in seed_list for row, _ in chosen]
         trials: dict[int, list[Trial]] = {row.id: [] for row, _ in chosen}
         executor = make_executor(cfg, evaluator_factory)

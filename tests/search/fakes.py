@@ -13,6 +13,7 @@ import time
 
 from evaluator.evaluate import EvalRecord
 from evaluator.fingerprint import fingerprint
+from evaluator.models import norm_options
 from search.config import load_config
 
 # A real evaluation on tiny synthetic data: about a second for a candidate that trains on both networks; the
@@ -55,7 +56,7 @@ class FakeEvaluator:
 
     def evaluate(self, layer, seed: int) -> EvalRecord:
         m = self.cfg["model"]
-        fp = fingerprint(layer, groups=m["groups"], eps=m["eps"], momentum=m["momentum"])
+        fp = fingerprint(layer, **norm_options(m))
         self.calls.append(fp)
         if self.crash_marker is not None:
             try:  # the first evaluation of the whole run kills its worker, once
