@@ -18,6 +18,7 @@ are neither traceable nor Sequential are refused with the tracer's error.
 """
 import logging
 from dataclasses import dataclass
+from enum import Enum
 from typing import Dict, List, Optional, Set, Tuple
 
 import torch
@@ -92,15 +93,24 @@ class ConversionSummary:
         return "\n".join([head] + [f"  {r}" for r in self.replacements] + regenerated)
 
 
+class ActRemoval(Enum):
+    """How a BatchNorm's activation goes away when an EvoNorm layer takes it over."""
+    NONE = "none"  # no activation follows: the layer is affine-only
+    INSIDE = "inside"  # a norm-act module (timm's BatchNormAct2d): its activation leaves with it
+    SLOT = "slot"  # an activation module used once: its slot becomes nn.Identity
+    GRAPH = "graph"  # a function, or a module also called elsewhere: the forward is regenerated without it
+
+
 @dataclass
 class _Plan:
-    """A replacement still to be made; ``act`` says how its activation goes away."""
+    """A replacement still to be made, and how its activation goes away."""
     replacement: Replacement
     bn: _BatchNorm
     dims: int
-    act: str = ""  # "" none, "inside" (norm-act module), "slot:<path>", "graph"
-    scope: str = ""  # "graph": the innermost module whose forward holds both calls
-    chain: Tuple[str, ...] = ()  # "graph": the modules that issue either call, to trace into
+    act: ActRemoval = ActRemoval.NONE
+    slot: str = ""  # SLOT: the activation module's path
+    scope: str = ""  # GRAPH: the innermost module whose forward holds both calls
+    chain: Tuple[str, ...] = ()  # GRAPH: the modules that issue either call, to trace into
 
 
 def convert(model: nn.Module, layer: str = "S0", **layer_kwargs) -> Tuple[nn.Module, ConversionSummary]:
@@ -142,14 +152,14 @@ def convert(model: nn.Module, layer: str = "S0", **layer_kwargs) -> Tuple[nn.Mod
         plans = _plan_traced(model, suffix)
     new_layers = {p.replacement.name: _build(p, suffix, layer_kwargs) for p in plans}
 
-    rewritten = _regenerate(model, [p for p in plans if p.act == "graph"])
+    rewritten = _regenerate(model, [p for p in plans if p.act is ActRemoval.GRAPH])
     root = rewritten.get("", model)
     for scope, module in rewritten.items():
         if scope:
             _set_submodule(root, scope, module)
     for plan in plans:
-        if plan.act.startswith("slot:"):
-            _set_submodule(root, plan.act[len("slot:"):], nn.Identity())
+        if plan.act is ActRemoval.SLOT:
+            _set_submodule(root, plan.slot, nn.Identity())
         _set_submodule(root, plan.replacement.name, new_layers[plan.replacement.name])
     summary = ConversionSummary(tuple(p.replacement for p in plans), traced, tuple(sorted(rewritten)))
     log.info("%s", summary)
@@ -198,11 +208,23 @@ def _fused_names() -> str:
     return "/".join(a.__name__ for a in FUSED_ACTIVATIONS)
 
 
-def _plan(name: str, bn: _BatchNorm, dims: int, suffix: str, feeds: str,
-          act: Optional[str] = None) -> _Plan:
-    """``act`` None: affine-only; else how the activation goes ("inside", "slot:<path>", "graph")."""
+def _plan(name: str, bn: _BatchNorm, dims: int, suffix: str, inner: Optional[nn.Module], fused: bool,
+          other: bool, act: str, feeds: str, slot: Optional[str] = None) -> _Plan:
+    """The decision both planners make, from what follows the BatchNorm: its own activation (``inner``), or
+    a consumer that is a replaceable activation (``fused``, described as ``act``; ``slot`` is its module's
+    path when that module can simply be emptied), another non-linearity (refused), or anything else (the
+    layer is affine-only; ``feeds`` names what it feeds)."""
+    if inner is not None:
+        how, feeds = ActRemoval.INSIDE, f"{type(inner).__name__} (inside)"
+    elif fused:
+        how, feeds = (ActRemoval.SLOT if slot else ActRemoval.GRAPH), act
+    elif other:
+        raise _unsupported_act(name, act)
+    else:
+        how = ActRemoval.NONE
     new = f"EvoNorm{dims}d{suffix}"
-    return _Plan(Replacement(name, type(bn).__name__, new, act is not None, feeds), bn, dims, act or "")
+    return _Plan(Replacement(name, type(bn).__name__, new, how is not ActRemoval.NONE, feeds), bn, dims, how,
+                 slot or "")
 
 
 def _build(plan: _Plan, suffix: str, layer_kwargs: Dict) -> nn.Module:
@@ -250,17 +272,11 @@ def _plan_sequential(model: nn.Module, suffix: str) -> Optional[List[_Plan]]:
         while j < len(chain) and isinstance(chain[j][1], _PASS_THROUGH):
             j += 1
         nxt_name, nxt = chain[j] if j < len(chain) else ("output", None)
-        if inner is not None:
-            plans.append(_plan(name, module, dims, suffix, f"{type(inner).__name__} (inside)", "inside"))
-        elif isinstance(nxt, FUSED_ACTIVATIONS):
-            plans.append(_plan(name, module, dims, suffix, f"{type(nxt).__name__} ({nxt_name})",
-                               f"slot:{nxt_name}"))
-        elif isinstance(nxt, _OTHER_NONLINEAR):
-            raise _unsupported_act(name, f"{type(nxt).__name__} ({nxt_name})")
-        elif nxt is None or _is_torch_module(nxt):
-            plans.append(_plan(name, module, dims, suffix, nxt_name))
-        else:
+        fused, other = isinstance(nxt, FUSED_ACTIVATIONS), isinstance(nxt, _OTHER_NONLINEAR)
+        if inner is None and not (fused or other or nxt is None or _is_torch_module(nxt)):
             return None  # a custom module: what it does first is only visible to a trace
+        plans.append(_plan(name, module, dims, suffix, inner, fused, other, f"{type(nxt).__name__} ({nxt_name})",
+                           nxt_name, slot=nxt_name))
     return plans
 
 
@@ -382,24 +398,20 @@ def _plan_traced(model: nn.Module, suffix: str) -> List[_Plan]:
                              f"{slots[id(bn)]} names); convert needs one use per BatchNorm")
         dims, inner = _bn_kind(name, bn)
         consumer = _sole_consumer(node, modules)
-        if inner is not None:
-            plans.append(_plan(name, bn, dims, suffix, f"{type(inner).__name__} (inside)", "inside"))
-        elif consumer is not None and _is_fused_act(consumer, modules):
-            feeds = _describe_act(consumer, modules)
-            if consumer.op == "call_module" and calls[consumer.target] == 1 \
-                    and slots[id(modules[consumer.target])] == 1:
-                plans.append(_plan(name, bn, dims, suffix, feeds, f"slot:{consumer.target}"))
-            else:  # functional, or a module also called elsewhere: remove this call only
-                plan = _plan(name, bn, dims, suffix, feeds, "graph")
-                common = _common_prefix(_stack(node), _stack(consumer))
-                plan.scope = common[-1] if common else ""
-                plan.chain = tuple(_stack(node) + _stack(consumer))
-                plans.append(plan)
-        elif consumer is not None and _is_other_nonlinear(consumer, modules):
-            raise _unsupported_act(name, _describe_act(consumer, modules))
-        else:
-            users = sorted(u.name for u in node.users) or ["nothing"]
-            plans.append(_plan(name, bn, dims, suffix, ", ".join(users)))
+        fused = consumer is not None and _is_fused_act(consumer, modules)
+        other = consumer is not None and _is_other_nonlinear(consumer, modules)
+        # a module called once can be emptied; a function, or a module also called elsewhere, leaves the graph
+        alone = consumer is not None and consumer.op == "call_module" and calls[consumer.target] == 1 \
+            and slots[id(modules[consumer.target])] == 1
+        plan = _plan(name, bn, dims, suffix, inner, fused, other,
+                     _describe_act(consumer, modules) if consumer is not None else "",
+                     ", ".join(sorted(u.name for u in node.users) or ["nothing"]),
+                     slot=consumer.target if alone else None)
+        if plan.act is ActRemoval.GRAPH:
+            common = _common_prefix(_stack(node), _stack(consumer))
+            plan.scope = common[-1] if common else ""
+            plan.chain = tuple(_stack(node) + _stack(consumer))
+        plans.append(plan)
     return plans
 
 
