@@ -4,7 +4,8 @@ Pure functions of the journal's rows, shared by ``search.inspect`` (tables, JSON
 (``--rank N``), ``search.rerank`` (``--top K``) and the command line's summary. A rank counts search
 candidates only: references are baselines, never ranked among them; each reference gets its place instead,
 "N of M", where it would sit among the search candidates that passed. Duplicates are not ranked twice: each
-function appears once, with the number of times the search found it.
+function appears once, with the number of times the search found it. Spearman's rho and Kendall's tau
+compare two rankings (a search's against its re-ranking, a proxy's against the ground truth).
 """
 from __future__ import annotations
 
@@ -12,11 +13,13 @@ from collections import Counter
 from dataclasses import dataclass
 from typing import Optional, Sequence
 
+import numpy as np
+
 from .evolution import dominates
 from .journal import CandidateRow
 from .states import State
 
-__all__ = ["Entry", "leaderboard", "pareto_ranks", "places"]
+__all__ = ["Entry", "leaderboard", "pareto_ranks", "places", "spearman", "kendall"]
 
 
 @dataclass(frozen=True)
@@ -80,3 +83,36 @@ def places(rows: Sequence[CandidateRow]) -> dict[int, str]:
         board = _ranked([*search, ref], Counter())
         out[ref.id] = f"{next(e.rank for e in board if e.row.id == ref.id)} of {len(board)}"
     return out
+
+
+def spearman(x: Sequence[float], y: Sequence[float]) -> Optional[float]:
+    """Spearman's rank correlation (ties get their average rank); None when either side is constant."""
+    if len(x) != len(y):
+        raise ValueError(f"spearman needs paired values, got {len(x)} and {len(y)}")
+    rx, ry = _average_ranks(x), _average_ranks(y)
+    if len(rx) < 2 or np.ptp(rx) == 0 or np.ptp(ry) == 0:
+        return None
+    return float(np.corrcoef(rx, ry)[0, 1])
+
+
+def _average_ranks(values: Sequence[float]) -> np.ndarray:
+    v = np.asarray(values, dtype=float)
+    ranks = np.empty(len(v))
+    ranks[v.argsort(kind="stable")] = np.arange(1, len(v) + 1)
+    for value in np.unique(v):
+        tied = v == value
+        ranks[tied] = ranks[tied].mean()
+    return ranks
+
+
+def kendall(x: Sequence[float], y: Sequence[float]) -> Optional[float]:
+    """Kendall's tau-b (ties counted on either side); None when either side is constant."""
+    if len(x) != len(y):
+        raise ValueError(f"kendall needs paired values, got {len(x)} and {len(y)}")
+    a, b = np.asarray(x, dtype=float), np.asarray(y, dtype=float)
+    i, j = np.triu_indices(len(a), k=1)
+    dx, dy = np.sign(a[i] - a[j]), np.sign(b[i] - b[j])
+    pairs_x, pairs_y = np.count_nonzero(dx), np.count_nonzero(dy)
+    if pairs_x == 0 or pairs_y == 0:
+        return None
+    return float((dx * dy).sum() / np.sqrt(pairs_x * pairs_y))

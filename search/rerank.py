@@ -31,7 +31,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator, Optional, Sequence
 
-import numpy as np
 from tqdm import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
@@ -42,14 +41,14 @@ from .command import RESOURCE_ERRORS, USAGE_ERRORS, report_error, setup_logging
 from .config import load_config
 from .driver import prepare_data
 from .executor import EvaluatorFactory, Job, Outcome, make_executor
-from .inspect import RERANK_FILE, existing_plots, format_table, label, write_report
 from .journal import CandidateRow
-from .leaderboard import leaderboard
+from .leaderboard import leaderboard, spearman
 from .plots import RerankPoint, plot_rerank
+from .report import RERANK_FILE, existing_plots, format_table, label, write_report
 from .results import CONFIG_FILE, RunView, open_run
 
 __all__ = ["STEPS_FACTOR", "RerankError", "Trial", "Reranked", "Rerank", "rerank_config", "rerank_seeds",
-           "rerank", "spearman", "rerank_table", "main"]
+           "rerank", "rerank_table", "main"]
 
 log = logging.getLogger(__name__)
 
@@ -228,26 +227,6 @@ def _rank(candidates: list[Reranked]) -> tuple[Reranked, ...]:
     return tuple(out)
 
 
-def spearman(x: Sequence[float], y: Sequence[float]) -> Optional[float]:
-    """Spearman's rank correlation (ties get their average rank); None when either side is constant."""
-    if len(x) != len(y):
-        raise ValueError(f"spearman needs paired values, got {len(x)} and {len(y)}")
-    rx, ry = _average_ranks(x), _average_ranks(y)
-    if len(rx) < 2 or np.ptp(rx) == 0 or np.ptp(ry) == 0:
-        return None
-    return float(np.corrcoef(rx, ry)[0, 1])
-
-
-def _average_ranks(values: Sequence[float]) -> np.ndarray:
-    v = np.asarray(values, dtype=float)
-    ranks = np.empty(len(v))
-    ranks[v.argsort(kind="stable")] = np.arange(1, len(v) + 1)
-    for value in np.unique(v):
-        tied = v == value
-        ranks[tied] = ranks[tied].mean()
-    return ranks
-
-
 def _spread(values: Sequence[float]) -> str:
     if not values:
         return "-"
@@ -299,8 +278,10 @@ def _write(result: Rerank, view: RunView) -> None:
     plot_rerank(points, run_dir / "plots" / PLOT_FILE, title)
     text = ["## Re-ranking", "", _summary(result), "", rerank_table(result, markdown=True), "",
             f"Raw results: [{CSV_FILE}]({CSV_FILE}).", "", f"![Re-ranking](plots/{PLOT_FILE})", ""]
-    (run_dir / RERANK_FILE).write_text("\n".join(text))
-    write_report(view, leaderboard(view.candidates(), top=result.top), existing_plots(run_dir, result.top))
+    section = "\n".join(text)
+    (run_dir / RERANK_FILE).write_text(section)  # kept for search.inspect --plots, which rewrites the report
+    write_report(view, leaderboard(view.candidates(), top=result.top), existing_plots(run_dir, result.top),
+                 [section])
 
 
 def _write_csv(result: Rerank, path: Path) -> None:

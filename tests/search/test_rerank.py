@@ -10,7 +10,8 @@ from evaluator.evaluate import EvalRecord, Evaluator
 from primitives import graph_from_yaml
 from search import inspect, open_run, run
 from search.leaderboard import leaderboard
-from search.rerank import RerankError, main, rerank, rerank_config, rerank_seeds, spearman
+from search.leaderboard import kendall, spearman
+from search.rerank import RerankError, main, rerank, rerank_config, rerank_seeds
 from tests.search.fakes import FakeEvaluator, tiny_real_config
 
 STEPS = 12
@@ -98,6 +99,14 @@ def test_spearman_matches_the_textbook_values():
     assert spearman([1, 2, 2, 3], [1, 2, 3, 4]) == pytest.approx(3 / math.sqrt(10))  # ties: average ranks
     assert spearman([3, 2, 1], [0.1, 0.5, 0.9]) == pytest.approx(-1.0)
     assert spearman([1, 1, 1], [1, 2, 3]) is None
+
+
+def test_kendall_tau_b_by_hand():
+    assert kendall([1, 2, 3, 4], [1, 3, 2, 4]) == pytest.approx(4 / 6)  # one discordant pair of six
+    assert kendall([1, 2, 2, 3], [1, 2, 3, 4]) == pytest.approx(5 / math.sqrt(5 * 6))  # a tie in x
+    assert kendall([4, 3, 2, 1], [1, 2, 3, 4]) == -1.0 and kendall([1, 1], [1, 2]) is None
+    with pytest.raises(ValueError, match="paired"):
+        kendall([1, 2], [1])
 
 
 def test_errors_exit_2_with_the_reason(run_dir, tmp_path):
