@@ -1,4 +1,6 @@
-"""Statistics shared by the reference EvoNorm layers in :mod:`evonorm.layers`.
+"""Statistics of the reference EvoNorm layers (:mod:`evonorm.layers`), and the shape and dtype rules that
+every path of ``evonorm`` shares (the fused kernels import ``spatial_dims``, ``stat_dtype`` and
+``groups_to_channels`` from here).
 
 Every helper takes ``x`` of shape (N, C, *spatial) and reduces in ``x``'s own
 dtype; the layers upcast to float32 (or keep float64) before calling, so the
@@ -18,6 +20,17 @@ def spatial_dims(x: Tensor) -> List[int]:
     return list(range(2, x.dim()))
 
 
+def stat_dtype(dtype: torch.dtype) -> torch.dtype:
+    """Statistics and arithmetic never run below float32 (float64 stays float64)."""
+    return torch.promote_types(dtype, torch.float32)
+
+
+def groups_to_channels(stat: Tensor, channels: int) -> Tensor:
+    """(N, G) -> (N, C): each group's value repeated over its C/G consecutive channels."""
+    n, groups = stat.shape
+    return stat.unsqueeze(2).expand(n, groups, channels // groups).reshape(n, channels)
+
+
 def batch_var(x: Tensor) -> Tensor:
     """Biased variance per channel over (N, *spatial); shape (C,)."""
     return torch.var(x, dim=[0] + spatial_dims(x), correction=0)
@@ -35,10 +48,9 @@ def instance_rms(x: Tensor, eps: float) -> Tensor:
 
 
 def _per_group_to_channels(stat: Tensor, x: Tensor) -> Tensor:
-    """Spread a (N, G, 1) statistic over its C/G channels: (N, C, 1, ...)."""
+    """Spread a (N, G) statistic over its C/G channels, broadcasting against x: (N, C, 1, ...)."""
     n, c = x.shape[:2]
-    groups = stat.shape[1]
-    return stat.expand(n, groups, c // groups).reshape([n, c] + [1] * (x.dim() - 2))
+    return groups_to_channels(stat, c).view([n, c] + [1] * (x.dim() - 2))
 
 
 def group_std(x: Tensor, groups: int, eps: float) -> Tensor:
@@ -47,12 +59,12 @@ def group_std(x: Tensor, groups: int, eps: float) -> Tensor:
     ``groups`` must divide C (the layers resolve it with ``resolve_groups``).
     """
     xg = x.reshape(x.shape[0], groups, -1)
-    var = torch.var(xg, dim=-1, correction=0, keepdim=True)
+    var = torch.var(xg, dim=-1, correction=0)
     return _per_group_to_channels(torch.sqrt(var + eps), x)
 
 
 def group_rms(x: Tensor, groups: int, eps: float) -> Tensor:
     """sqrt(mean square over (C/G, *spatial) + eps) per (sample, group); shape (N, C, 1, ...)."""
     xg = x.reshape(x.shape[0], groups, -1)
-    rms = torch.sqrt(torch.mean(xg * xg, dim=-1, keepdim=True) + eps)
+    rms = torch.sqrt(torch.mean(xg * xg, dim=-1) + eps)
     return _per_group_to_channels(rms, x)

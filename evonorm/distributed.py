@@ -17,7 +17,7 @@ import torch
 import torch.distributed as dist
 from torch import Tensor, nn
 
-from . import layers
+from . import _stats, layers
 
 __all__ = ["convert_sync_evonorm", "sync_batch_var", "SYNC_CLASSES"]
 
@@ -27,7 +27,7 @@ class SyncBatchVar(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx: Any, x: Tensor, group: Optional[Any]) -> Tensor:
-        dims = [0, *range(2, x.dim())]
+        dims = [0, *_stats.spatial_dims(x)]
         count = x.numel() // x.shape[1]
         var, mean = torch.var_mean(x, dim=dims, correction=0)
         local = torch.stack([mean, var, torch.full_like(mean, count)])  # (3, C)

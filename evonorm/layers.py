@@ -136,7 +136,7 @@ class _EvoNormBase(nn.Module):
                 return self._fused_forward(x)
         # fp16 sums over N*H*W elements lose digits and bf16 keeps 8 bits, so
         # everything runs in float32 (float64 stays float64) and is cast back.
-        compute_dtype = torch.promote_types(x.dtype, torch.float32)
+        compute_dtype = _stats.stat_dtype(x.dtype)
         y = x.to(compute_dtype)
         if self.apply_act:
             y = self._normalize_act(y)
@@ -158,7 +158,7 @@ class _EvoNormBatch(_EvoNormBase):
         self.momentum = momentum
         if apply_act:
             # statistics never live in less than float32 (official: tf.float32 variable)
-            buf_dtype = torch.promote_types(dtype or torch.get_default_dtype(), torch.float32)
+            buf_dtype = _stats.stat_dtype(dtype or torch.get_default_dtype())
             self.register_buffer("running_var", torch.empty(num_features, device=device,
                                                             dtype=buf_dtype))
         else:

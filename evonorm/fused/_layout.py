@@ -21,11 +21,6 @@ def dense_like(t: Tensor, x: Tensor) -> Tensor:
     return t.contiguous(memory_format=memory_format(x))
 
 
-def spatial_dims(x: Tensor):
-    """The axes after (N, C)."""
-    return tuple(range(2, x.dim()))
-
-
 def broadcast(t: Tensor, x: Tensor) -> Tensor:
     """A (C,) or (N, C) tensor viewed to broadcast against x (N, C, *spatial)."""
     return t.view(*([1] * (2 - t.dim())), *t.shape, *([1] * (x.dim() - 2)))

@@ -9,11 +9,6 @@ from typing import Callable, Tuple
 import torch
 
 
-def stat_dtype(dtype: torch.dtype) -> torch.dtype:
-    """Statistics and arithmetic never run below float32 (float64 stays float64)."""
-    return torch.promote_types(dtype, torch.float32)
-
-
 def define_pair(name: str, kernels: Tuple[Callable, Callable], schemas: Tuple[str, str],
                 fakes: Tuple[Callable, Callable], setup_context: Callable,
                 backward_formula: Callable):

@@ -19,8 +19,9 @@ few seconds here, cached on disk).
 import torch
 from torch import Tensor
 
-from . import _compile, _library, b0_op
-from ._layout import broadcast, spatial_dims
+from .._stats import spatial_dims, stat_dtype
+from . import _compile, b0_op
+from ._layout import broadcast
 
 
 def _inverse_denominator(xc: Tensor, x: Tensor, v: Tensor, inst_std: Tensor, left: Tensor):
@@ -36,7 +37,7 @@ def _inverse_denominator(xc: Tensor, x: Tensor, v: Tensor, inst_std: Tensor, lef
 
 def stats_math(x: Tensor, running_var=None, *, eps: float):
     """Pass 1 of forward: instance moments and :func:`.b0_op.forward_coefficients`."""
-    var, mean = torch.var_mean(x.to(_library.stat_dtype(x.dtype)), dim=spatial_dims(x),
+    var, mean = torch.var_mean(x.to(stat_dtype(x.dtype)), dim=spatial_dims(x),
                                correction=0)
     return (mean,) + b0_op.forward_coefficients(mean, var, running_var, eps)
 

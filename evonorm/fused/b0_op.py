@@ -44,7 +44,8 @@ import torch
 from torch import Tensor
 
 from ._layout import dense_like, memory_format
-from ._library import define_pair, stat_dtype
+from .._stats import stat_dtype
+from ._library import define_pair
 from ._moments import merge_batch
 
 FORWARD_SCHEMA = ("(Tensor x, Tensor weight, Tensor bias, Tensor v, Tensor? running_var, "

@@ -25,8 +25,9 @@ inductor).
 import torch
 from torch import Tensor
 
-from . import _compile, _library, s0_op
-from ._layout import broadcast, spatial_dims
+from .._stats import spatial_dims, stat_dtype
+from . import _compile, s0_op
+from ._layout import broadcast
 
 
 def _gate_arg(xc: Tensor, v, x: Tensor) -> Tensor:
@@ -35,7 +36,7 @@ def _gate_arg(xc: Tensor, v, x: Tensor) -> Tensor:
 
 def stats_math(x: Tensor, weight: Tensor, *, groups: int, eps: float, centered: bool):
     """Pass 1 of forward: (mean, rstd, scale) of :func:`.s0_op.forward_coefficients`."""
-    var, mean = torch.var_mean(x.to(_library.stat_dtype(x.dtype)), dim=spatial_dims(x),
+    var, mean = torch.var_mean(x.to(stat_dtype(x.dtype)), dim=spatial_dims(x),
                                correction=0)
     return s0_op.forward_coefficients(mean, var, weight, groups, eps, centered)
 

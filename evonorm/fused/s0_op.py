@@ -40,19 +40,14 @@ import torch
 from torch import Tensor
 
 from ._layout import dense_like, memory_format
-from ._library import define_pair, stat_dtype
+from .._stats import groups_to_channels, stat_dtype
+from ._library import define_pair
 from ._moments import merge_groups
 
 FORWARD_SCHEMA = ("(Tensor x, Tensor weight, Tensor bias, Tensor? v, int groups, float eps, "
                   "bool centered) -> (Tensor, Tensor, Tensor)")
 BACKWARD_SCHEMA = ("(Tensor grad_y, Tensor x, Tensor weight, Tensor? v, Tensor mean, Tensor rstd, "
                    "int groups, bool centered) -> (Tensor, Tensor, Tensor, Tensor)")
-
-
-def _per_channel(stat: Tensor, channels: int) -> Tensor:
-    """(N, G) -> (N, C): each group's value repeated over its channels."""
-    n, groups = stat.shape
-    return stat.unsqueeze(2).expand(n, groups, channels // groups).reshape(n, channels)
 
 
 def forward_coefficients(inst_mean: Tensor, inst_var: Tensor, weight: Tensor, groups: int,
@@ -65,7 +60,7 @@ def forward_coefficients(inst_mean: Tensor, inst_var: Tensor, weight: Tensor, gr
         var = (inst_var + inst_mean.square()).view(n, groups, -1).mean(2)
         mean = torch.zeros_like(var)
     rstd = torch.rsqrt(var + eps)
-    return mean, rstd, _per_channel(rstd, c) * weight.to(rstd.dtype)
+    return mean, rstd, groups_to_channels(rstd, c) * weight.to(rstd.dtype)
 
 
 def backward_coefficients(sum_gh: Tensor, sum_gv: Optional[Tensor], sum_g: Tensor, weight: Tensor,
@@ -78,7 +73,7 @@ def backward_coefficients(sum_gh: Tensor, sum_gv: Optional[Tensor], sum_g: Tenso
     n, c = sum_gh.shape
     groups = rstd.shape[1]
     w = weight.to(rstd.dtype)
-    r = _per_channel(rstd, c)
+    r = groups_to_channels(rstd, c)
     grad_w = (sum_gh * r).sum(0).to(weight.dtype)
     grad_b = sum_g.sum(0).to(weight.dtype)
     if v is None:
@@ -86,7 +81,7 @@ def backward_coefficients(sum_gh: Tensor, sum_gv: Optional[Tensor], sum_g: Tenso
     else:
         grad_v = ((sum_gv * r).sum(0) * w).to(v.dtype)
     coef = -(sum_gh * w).view(n, groups, -1).sum(2) * rstd.pow(3) / count
-    return grad_w, grad_b, grad_v, r * w, _per_channel(coef, c), _per_channel(mean, c)
+    return grad_w, grad_b, grad_v, r * w, groups_to_channels(coef, c), groups_to_channels(mean, c)
 
 
 def _forward_fake(x, weight, bias, v, groups, eps, centered):
