@@ -14,7 +14,6 @@ and writes ``bench/results/crn_noise.csv`` (one row per evaluation).
 from __future__ import annotations
 
 import argparse
-import csv
 import itertools
 import statistics
 import sys
@@ -24,6 +23,7 @@ from tqdm import tqdm
 
 from evaluator.config import load_config
 from evaluator.evaluate import Evaluator, derive_seed
+from search.report import write_csv
 
 RESULTS = Path(__file__).resolve().parent / "results"
 CONFIG = Path(__file__).resolve().parents[1] / "configs" / "quick.yaml"
@@ -58,11 +58,7 @@ def main(argv=None) -> int:
     print(f"  std of the difference, common random numbers (same seed): {statistics.stdev(paired):.4f}")
     print(f"  std of the difference, independent seeds:                 {statistics.stdev(unpaired):.4f}")
     out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    with open(out / "crn_noise.csv", "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(dict.fromkeys(k for r in rows for k in r)))
-        writer.writeheader()
-        writer.writerows(rows)
+    write_csv(out / "crn_noise.csv", rows)
     return 0
 
 

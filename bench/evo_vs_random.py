@@ -41,7 +41,6 @@ Budget: a run's wall time is its step budget over the machine's training speed, 
 from __future__ import annotations
 
 import argparse
-import csv
 import logging
 import statistics
 import sys
@@ -55,6 +54,7 @@ from search import ConfigError, RunView, load_config, open_run, resume, run
 from search.config import check_resume_overrides, find_config
 from search.journal import JOURNAL_FILE
 from search.plots import progress_info
+from search.report import write_csv
 
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -266,11 +266,7 @@ def main(argv=None) -> int:
                 if ref.passed:
                     references.setdefault(name, []).append(ref.mean_fitness)
     out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    with open(out / "evo_vs_random.csv", "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=FIELDS)
-        writer.writeheader()
-        writer.writerows(rows)
+    write_csv(out / "evo_vs_random.csv", rows, FIELDS)
     print("\n".join(table(rows)))
     title = (f"{Path(args.config).name}: {args.max_steps} training steps per run, seeds {args.seeds}; "
              f"seed graphs: {args.seed_graphs or 'none'}; band: worst to best seed")

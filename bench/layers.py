@@ -15,7 +15,6 @@ Fused layers compile on their first call (not timed). Writes ``bench/results/lay
 from __future__ import annotations
 
 import argparse
-import csv
 import platform
 import statistics
 import time
@@ -26,6 +25,7 @@ import torch
 from torch import nn
 
 import evonorm
+from search.report import write_csv
 
 RESULTS = Path(__file__).resolve().parent / "results"
 SHAPES = ["32,64,56,56", "32,256,14,14", "8,128,28,28"]
@@ -143,11 +143,7 @@ def main() -> None:
                 print(f"  {r['layer']:<14}{r['time_vs_bn_relu']:>9.2f}"
                       f"{r['median_ms'] / base_median:>11.2f}{r['saved_vs_input']:>13.2f}",
                       flush=True)
-    args.out.mkdir(parents=True, exist_ok=True)
-    with open(args.out / "layers.csv", "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
+    write_csv(args.out / "layers.csv", rows)
     plot(rows, args.out / "layers.png")
     print(f"\nwrote {args.out / 'layers.csv'} and {args.out / 'layers.png'}")
 

@@ -10,12 +10,11 @@ trained to completion, the references' mean fitness, and the best search candida
 from __future__ import annotations
 
 import argparse
-import csv
 import sys
-from pathlib import Path
 
 from primitives.classify import layer_class
 from search import open_run
+from search.report import write_csv
 
 FIELDS = ("run", "wall_s", "evaluated", "distinct_fingerprints", "past_quality", "completed", "children",
           "bn_relu", "evonorm_s0", "best_id", "best_role", "best_fitness", "best_class", "best_formula")
@@ -54,11 +53,7 @@ def main(argv=None) -> int:
         print("| " + " | ".join("-" if r[k] is None else f"{r[k]:.3f}" if isinstance(r[k], float) else str(r[k])
                                 for k in FIELDS) + " |")
     if args.csv:
-        Path(args.csv).parent.mkdir(parents=True, exist_ok=True)
-        with open(args.csv, "w", newline="") as f:
-            writer = csv.DictWriter(f, fieldnames=FIELDS)
-            writer.writeheader()
-            writer.writerows(rows)
+        write_csv(args.csv, rows, FIELDS)
     return 0
 
 

@@ -13,7 +13,6 @@ graph: formula, status, reason, steps, seconds).
 from __future__ import annotations
 
 import argparse
-import csv
 import random
 import sys
 from collections import Counter, defaultdict
@@ -24,6 +23,7 @@ from tqdm import tqdm
 from evaluator.config import load_config
 from evaluator.evaluate import Evaluator, derive_seed
 from primitives import PAPER_OPS, random_graph
+from search.report import write_csv
 
 RESULTS = Path(__file__).resolve().parent / "results"
 CONFIG = Path(__file__).resolve().parents[1] / "configs" / "quick.yaml"
@@ -57,11 +57,7 @@ def main(argv=None) -> int:
     for reason, n in counts.most_common():
         print(f"{reason:22s} {n:5d} {n / len(rows):6.0%} {seconds[reason]:8.1f}")
     out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    with open(out / "rejections.csv", "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
+    write_csv(out / "rejections.csv", rows)
     print(f"wrote {out / 'rejections.csv'}")
     return 0
 

@@ -11,7 +11,6 @@ child is a normalizer. Writes ``bench/results/search_space.csv``; seconds on a l
 from __future__ import annotations
 
 import argparse
-import csv
 import random
 import sys
 from collections import Counter
@@ -21,6 +20,7 @@ from tqdm import tqdm
 
 from primitives import OPERATORS, PAPER_OPS, PRIORS, mutate, random_graph
 from primitives.classify import LAYER_CLASSES, is_normalizer, layer_class
+from search.report import write_csv
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -66,15 +66,10 @@ def main(argv=None) -> int:
     if args.samples < 4 or args.nodes < 1:
         parser.error(f"--samples must be at least 4 and --nodes at least 1, got {args.samples} and {args.nodes}")
     rows = prior_rows(args.samples, args.nodes, args.seed) + operator_rows(args.samples, args.nodes, args.seed)
-    keys = list(dict.fromkeys(k for r in rows for k in r))
     for r in rows:
         print(r["what"] + ": " + ", ".join(f"{k} {v:.4g}" for k, v in r.items() if k != "what"))
     out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    with open(out / "search_space.csv", "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=keys)
-        writer.writeheader()
-        writer.writerows(rows)
+    write_csv(out / "search_space.csv", rows)
     print(f"wrote {out / 'search_space.csv'}")
     return 0
 

@@ -13,7 +13,6 @@ to BN-ReLU on the same network. Writes ``bench/results/step_time.csv`` and ``ste
 from __future__ import annotations
 
 import argparse
-import csv
 import random
 import statistics
 import sys
@@ -28,6 +27,7 @@ from evaluator.evaluate import Evaluator, derive_seed
 from evaluator.models import NormActFactory, build_model
 from evaluator.train import Trainer
 from primitives import PAPER_OPS, random_graph
+from search.report import write_csv
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -121,11 +121,7 @@ def main(argv=None) -> int:
               "random survivor": survivor}
     rows = measure(cfg, data, layers, args.repeats, args.steps)
     out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    with open(out / "step_time.csv", "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
+    write_csv(out / "step_time.csv", rows)
     title = (f"batch {cfg['train']['batch_size']}, {cfg['train']['threads']} thread(s); "
              f"random survivor: {survivor.formula()}")
     plot(rows, out / "step_time.png", title)

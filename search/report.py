@@ -6,8 +6,10 @@ section). A section another command wrote is kept beside the run as its own Mark
 """
 from __future__ import annotations
 
+import csv
+import os
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Mapping, Optional, Sequence
 
 from .journal import CandidateRow
 from .leaderboard import Entry, places
@@ -16,7 +18,7 @@ from .results import RunView
 from .states import State
 
 __all__ = ["table", "format_table", "label", "write_plots", "existing_plots", "saved_sections", "write_report",
-           "RERANK_FILE"]
+           "write_csv", "RERANK_FILE"]
 
 # Written by ``search.rerank``; the report embeds it as its own section.
 RERANK_FILE = "rerank.md"
@@ -133,3 +135,14 @@ def write_report(view: RunView, entries: Sequence[Entry], plots: dict[str, Path]
     return path
 
 
+def write_csv(path: str | os.PathLike, rows: Sequence[Mapping[str, Any]],
+              fields: Optional[Sequence[str]] = None) -> Path:
+    """``rows`` as a CSV file with a header (``fields``, else every key in first-seen order), its folder made
+    if needed; returns the path."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(fields or dict.fromkeys(k for r in rows for k in r)))
+        writer.writeheader()
+        writer.writerows(rows)
+    return path
