@@ -14,7 +14,7 @@ __all__ = [
     "resolve_groups", "seeds",
 ]
 
-# model conversion, distributed training and timm interop (issue 7)
+# model conversion, distributed training and timm interop
 from .convert import ConversionSummary, convert  # noqa: E402  (the function shadows the submodule name)
 from .distributed import convert_sync_evonorm  # noqa: E402
 from . import timm_compat  # noqa: E402

@@ -65,7 +65,7 @@ def _options(tensors: Sequence[Tensor]) -> dict:
     Inductor computes a variance over at most 1024 elements in two passes (mean, then squared
     deviations). For NCHW rows that short the second pass reads cached data and wins; for
     channels_last the reduction runs over the outer axis and the second pass goes back to memory,
-    so one Welford pass is faster there (measured: 0.41 -> 0.29 ms on 8x128x28x28).
+    so one Welford pass is faster there.
     """
     if all(memory_format(t) == torch.contiguous_format for t in tensors):
         return _INDUCTOR_OPTIONS

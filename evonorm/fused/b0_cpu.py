@@ -9,12 +9,9 @@ Performance: forward is one statistics pass over ``x`` (NCHW rows of <= 1024 ele
 twice, the second time from cache; channels_last uses Welford) plus an elementwise pass; backward
 one pass reading ``(x, grad_y)`` for the five sums and one writing ``grad_x``; nothing full-size is
 stored in between (inductor's store-vs-recompute thresholds are raised, see ``_compile``) and each
-pass divides once per element. Saved for backward: ``x`` and four (N, C)/(C,) statistics, 1.0x the
-input against BN+ReLU's 2.0x and timm's 4.0x. ``bench/layers.py`` (one thread, torch 2.14, fwd+bwd,
-best of interleaved steps) puts it at 0.46 / 0.41 / 0.51x BatchNorm2d + ReLU on 32x64x56x56 /
-32x256x14x14 / 8x128x28x28 NCHW on a 2-core AMD EPYC (0.60-0.94x on an earlier 2-core Xeon; timm:
-9-13x) and 1.08-1.30x on channels_last. The first call for a new shape, layout or dtype compiles (a
-few seconds here, cached on disk).
+pass divides once per element. Saved for backward: ``x`` and four (N, C)/(C,) statistics. The first
+call for a new shape, layout or dtype compiles (cached on disk). ``bench/layers.py`` measures time and
+memory against BatchNorm2d + ReLU and timm; the README has the numbers.
 """
 import torch
 from torch import Tensor

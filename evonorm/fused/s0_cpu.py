@@ -12,15 +12,11 @@ Performance: forward is one statistics pass over ``x`` (NCHW rows of <= 1024 ele
 twice, mean then variance, the second time from cache; channels_last uses Welford) plus an
 elementwise pass; backward one pass reading ``(x, grad_y)`` for the three sums and one writing
 ``grad_x``. The sigmoid is evaluated once per element in each pass and never stored. Saved for
-backward: ``x`` and two (N, G) statistics, 1.0x the input against BN+ReLU's 2.0x and timm's 5.0x.
-``bench/layers.py`` (one thread, torch 2.14, fwd+bwd, best of interleaved steps) puts it at 0.67 /
-0.75 / 0.90x BatchNorm2d + ReLU on 32x64x56x56 / 32x256x14x14 / 8x128x28x28 NCHW on a 2-core AMD
-EPYC (0.73 / 1.05 / 1.13x on an earlier 2-core Xeon; timm: 4-6x) and 1.5-2.1x on channels_last,
-where PyTorch's BatchNorm is twice as fast as on NCHW and our sums read a strided outer axis. The
-sigmoid is most of the cost: it is evaluated in every pass but the statistics. About 0.1-0.2 ms per
-step is Python dispatch (custom op, autograd, 4 kernel calls), which shows on the small shapes. The
-first call for a new shape, layout or dtype compiles (a few seconds here, cached on disk by
-inductor).
+backward: ``x`` and two (N, G) statistics. On channels_last the sums read a strided outer axis,
+where PyTorch's BatchNorm does not. The sigmoid is most of the cost: it is evaluated in every pass but
+the statistics. Python dispatch (custom op, autograd, 4 kernel calls) shows on small shapes. The first
+call for a new shape, layout or dtype compiles (cached on disk by inductor). ``bench/layers.py``
+measures time and memory against BatchNorm2d + ReLU and timm; the README has the numbers.
 """
 import torch
 from torch import Tensor
