@@ -9,7 +9,7 @@ helpers never cast. All variances are biased (divide by the element count), as
 The results broadcast against ``x`` (size-1 axes are kept) so they never
 materialise a full-size tensor.
 """
-from typing import List
+from typing import List, Tuple
 
 import torch
 from torch import Tensor
@@ -29,6 +29,14 @@ def groups_to_channels(stat: Tensor, channels: int) -> Tensor:
     """(N, G) -> (N, C): each group's value repeated over its C/G consecutive channels."""
     n, groups = stat.shape
     return stat.unsqueeze(2).expand(n, groups, channels // groups).reshape(n, channels)
+
+
+def merge_moments(mean: Tensor, m2: Tensor, counts: Tensor, dim: int) -> Tuple[Tensor, Tensor]:
+    """Chan's parallel merge: the mean and biased variance of the union of parts laid along ``dim``, from each
+    part's mean, sum of squared deviations ``m2`` and element count (``counts`` broadcasts against them)."""
+    total = counts.sum(dim)
+    merged = (mean * counts).sum(dim) / total
+    return merged, (m2.sum(dim) + (counts * (mean - merged.unsqueeze(dim)).square()).sum(dim)) / total
 
 
 def batch_var(x: Tensor) -> Tensor:

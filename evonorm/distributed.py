@@ -35,8 +35,7 @@ class SyncBatchVar(torch.autograd.Function):
         dist.all_gather(gathered, local, group=group)
         means, variances, counts = torch.stack(gathered).unbind(1)  # each (world, C)
         total = counts.sum(0)
-        global_mean = (means * counts).sum(0) / total
-        global_var = ((variances + (means - global_mean) ** 2) * counts).sum(0) / total
+        global_mean, global_var = _stats.merge_moments(means, variances * counts, counts, 0)
         ctx.save_for_backward(x, global_mean, total)
         ctx.group = group
         return global_var

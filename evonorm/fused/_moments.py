@@ -2,7 +2,8 @@
 
 Every backend reduces per (sample, channel) over the spatial axes first; these combine the (N, C)
 results, all of the same count, into the statistics a variant needs. With equal counts Chan's
-parallel formula is: mean = mean of means; var = mean of (var + (mean_k - mean)^2). Biased throughout.
+parallel formula (``evonorm._stats.merge_moments``) reduces to: mean = mean of means; var = mean of
+(var + (mean_k - mean)^2). Biased throughout.
 """
 from typing import Tuple
 

@@ -18,6 +18,7 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
+from .._stats import merge_moments
 from ._layout import memory_format
 
 _TILE = 2048  # elements per tile (BLOCK_C * BLOCK_P)
@@ -136,11 +137,7 @@ def instance_moments(x: Tensor, geometry: Plan) -> Tuple[Tensor, Tensor]:
     _moments_kernel[geometry.grid](x, mean, m2, n, c, geometry.p, geometry.stride_c,
                                    geometry.stride_p, geometry.split_len,
                                    BLOCK_C=geometry.block_c, BLOCK_P=geometry.block_p)
-    counts = geometry.split_counts(x.device).view(-1, 1, 1)
-    total = float(geometry.p)
-    merged = (mean * counts).sum(0) / total
-    var = (m2.sum(0) + (counts * (mean - merged).square()).sum(0)) / total
-    return merged, var
+    return merge_moments(mean, m2, geometry.split_counts(x.device).view(-1, 1, 1), 0)
 
 
 def channel(t: Tensor) -> Tensor:

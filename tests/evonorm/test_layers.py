@@ -325,3 +325,17 @@ def test_timm_state_dict_loads(variant):
     # same formulas in training mode (they differ only in the running-var correction)
     x = rand_input((2, 64, 4, 4))
     torch.testing.assert_close(ours.train()(x), theirs.train()(x), rtol=1e-5, atol=1e-5)
+
+
+def test_chan_merge_of_unequal_parts_is_the_moments_of_their_union():
+    from evonorm._stats import merge_moments
+    torch.manual_seed(0)
+    parts = [torch.randn(k, 3, dtype=torch.float64) * (k + 1) + k for k in (1, 4, 7)]
+    var_mean = [torch.var_mean(p, dim=0, correction=0) for p in parts]
+    means = torch.stack([m for _, m in var_mean])
+    m2 = torch.stack([v * len(p) for (v, _), p in zip(var_mean, parts)])
+    counts = torch.tensor([[len(p)] for p in parts], dtype=torch.float64)
+    mean, var = merge_moments(means, m2, counts, 0)
+    want_var, want_mean = torch.var_mean(torch.cat(parts), dim=0, correction=0)
+    torch.testing.assert_close(mean, want_mean, rtol=0, atol=1e-12)
+    torch.testing.assert_close(var, want_var, rtol=0, atol=1e-12)
