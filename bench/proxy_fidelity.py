@@ -107,11 +107,19 @@ def _run(cfg, jobs: Sequence[Job], workers: int, desc: str) -> Iterator[Outcome]
         executor.close()
 
 
-def evaluate_panel(proxy: str, cfg, seeds: int, workers: int, csv_path: Path, score: str, setting: str) -> None:
+def _train_images(cfg) -> int:
+    """How many training images the config's dataset has (read once, before any worker starts)."""
+    (train_x, _), _ = read_cifar10(cfg["data"]["root"], cfg["data"]["download"])
+    return len(train_x)
+
+
+def evaluate_panel(proxy: str, cfg, seeds: int, workers: int, csv_path: Path, score: str, setting: str,
+                   train_images: int) -> None:
     """Evaluate every panel layer with every seed under ``cfg``, appending one row per architecture to
     ``csv_path``; pairs already there are skipped. ``score`` is ``fitness`` (validation) or ``test``."""
     prepare_data(cfg)
-    (train_x, _), _ = read_cifar10(cfg["data"]["root"], cfg["data"]["download"])
+    trained_on = train_images - cfg["data"]["val_size"]  # the validation split is held out of training
+    used = min(trained_on, cfg["data"]["max_train"] or trained_on)
     layers = load_panel()
     seed_list = panel_seeds(seeds)
     done = _done(csv_path, proxy)
@@ -132,7 +140,7 @@ def evaluate_panel(proxy: str, cfg, seeds: int, workers: int, csv_path: Path, sc
             for arch in cfg["model"]["archs"]:
                 writer.writerow([proxy, layers[job.candidate_id].name, seed_list.index(job.seed), job.seed, arch,
                                  values.get(arch, ""), rec.status, rec.reason or "", rec.steps, rec.wall_time,
-                                 len(train_x) if cfg["data"]["max_train"] == 0 else cfg["data"]["max_train"],
+                                 used,
                                  setting])
             f.flush()
             os.fsync(f.fileno())
@@ -140,18 +148,18 @@ def evaluate_panel(proxy: str, cfg, seeds: int, workers: int, csv_path: Path, sc
 
 def _truth(args) -> int:
     base = load_config(args.config, check_search=False)
-    (train_x, _), _ = read_cifar10(base["data"]["root"], base["data"]["download"])
-    overrides = truth_overrides(args.epochs, len(train_x), base["train"]["batch_size"])
+    train_images = _train_images(base)
+    overrides = truth_overrides(args.epochs, train_images, base["train"]["batch_size"])
     cfg = load_config(args.config, [*overrides, *args.overrides], check_search=False)
     setting = " ".join([f"epochs={args.epochs}", *args.overrides])
-    evaluate_panel("truth", cfg, args.seeds, args.workers, args.out / TRUTH_CSV, "test", setting)
+    evaluate_panel("truth", cfg, args.seeds, args.workers, args.out / TRUTH_CSV, "test", setting, train_images)
     return 0
 
 
 def _proxy(args) -> int:
     cfg = load_config(args.config, args.overrides, check_search=False)
     evaluate_panel(args.name, cfg, args.seeds, args.workers, args.out / PROXIES_CSV, "fitness",
-                   " ".join(args.overrides))
+                   " ".join(args.overrides), _train_images(cfg))
     return 0
 
 
