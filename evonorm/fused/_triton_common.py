@@ -74,7 +74,8 @@ def plan(x: Tensor) -> Plan:
 @triton.jit
 def elementwise_tile(C, P, stride_c, stride_p, BLOCK_C: tl.constexpr, BLOCK_P: tl.constexpr):
     """This program's tile of an element-wise pass over (N, C, P), grid (N * channel blocks, position
-    blocks): the sample, its channels and their mask, the tile's mask and its element offsets."""
+    blocks): the (sample, channel) indices into an (N, C) buffer, the channels and their mask, the tile's
+    mask and its element offsets."""
     c_blocks = tl.cdiv(C, BLOCK_C)
     n = tl.program_id(0) // c_blocks
     cs = (tl.program_id(0) % c_blocks) * BLOCK_C + tl.arange(0, BLOCK_C)
@@ -82,7 +83,7 @@ def elementwise_tile(C, P, stride_c, stride_p, BLOCK_C: tl.constexpr, BLOCK_P: t
     c_mask = cs < C
     mask = c_mask[:, None] & (ps < P)[None, :]
     offsets = n.to(tl.int64) * C * P + cs[:, None] * stride_c + ps[None, :] * stride_p
-    return n, cs, c_mask, mask, offsets
+    return n * C + cs, cs, c_mask, mask, offsets
 
 @triton.jit
 def split_tile(C, P, split_len, BLOCK_C: tl.constexpr):
@@ -98,6 +99,26 @@ def split_tile(C, P, split_len, BLOCK_C: tl.constexpr):
 
 
 @triton.jit
+def split_block(base, cs, c_mask, p0, p_end, stride_c, stride_p, BLOCK_P: tl.constexpr):
+    """The block of a split's positions that starts at ``p0``: its mask and its element offsets."""
+    ps = p0 + tl.arange(0, BLOCK_P)
+    return c_mask[:, None] & (ps < p_end)[None, :], base + cs[:, None] * stride_c + ps[None, :] * stride_p
+
+
+@triton.jit
+def load_f32(ptr, offsets, mask):
+    """A tile of any float dtype, in float32 (masked lanes read 0)."""
+    return tl.load(ptr + offsets, mask=mask, other=0.0).to(tl.float32)
+
+
+@triton.jit
+def load_grad_block(x_ptr, grad_y_ptr, base, cs, c_mask, p0, p_end, stride_c, stride_p, BLOCK_P: tl.constexpr):
+    """For a backward reduction: the block's mask, and x and the upstream gradient over it in float32."""
+    mask, offsets = split_block(base, cs, c_mask, p0, p_end, stride_c, stride_p, BLOCK_P)
+    return mask, load_f32(x_ptr, offsets, mask), load_f32(grad_y_ptr, offsets, mask)
+
+
+@triton.jit
 def _moments_kernel(
     x_ptr,  # (N, C, P) input, any float dtype; element (n, c, p) at n*C*P + c*stride_c + p*stride_p
     mean_ptr,  # (SPLIT, N, C) float32 out: mean over the split's positions
@@ -105,25 +126,20 @@ def _moments_kernel(
     N, C, P, stride_c, stride_p, split_len,
     BLOCK_C: tl.constexpr, BLOCK_P: tl.constexpr,
 ):
-    n, split, cs, c_mask, offset, p_start, p_end = split_tile(C, P, split_len, BLOCK_C)
-    base = x_ptr + offset
-    count = tl.zeros([BLOCK_C], tl.float32)
+    n, split, cs, c_mask, base, p_start, p_end = split_tile(C, P, split_len, BLOCK_C)
     mean = tl.zeros([BLOCK_C], tl.float32)
     m2 = tl.zeros([BLOCK_C], tl.float32)
     for p0 in range(p_start, p_end, BLOCK_P):
-        ps = p0 + tl.arange(0, BLOCK_P)
-        p_mask = ps < p_end
-        mask = c_mask[:, None] & p_mask[None, :]
-        x = tl.load(base + cs[:, None] * stride_c + ps[None, :] * stride_p, mask=mask,
-                    other=0.0).to(tl.float32)
-        k = tl.sum(p_mask.to(tl.float32), axis=0)
+        mask, offsets = split_block(base, cs, c_mask, p0, p_end, stride_c, stride_p, BLOCK_P)
+        x = load_f32(x_ptr, offsets, mask)
+        count = (p0 - p_start).to(tl.float32)  # positions merged so far
+        k = tl.minimum(p_end - p0, BLOCK_P).to(tl.float32)  # positions in this block
         tile_mean = tl.sum(x, axis=1) / k
         dev = tl.where(mask, x - tile_mean[:, None], 0.0)
         total = count + k
         delta = tile_mean - mean  # Chan: merge (count, mean, m2) with the tile's moments
         mean += delta * (k / total)
         m2 += tl.sum(dev * dev, axis=1) + delta * delta * (count * k / total)
-        count = total
     out = (split * N + n) * C + cs
     tl.store(mean_ptr + out, mean, mask=c_mask)
     tl.store(m2_ptr + out, m2, mask=c_mask)

@@ -18,7 +18,8 @@ import triton.language as tl
 
 from . import b0_op
 from ._layout import dense_like, memory_format
-from ._triton_common import channel, elementwise_tile, instance_moments, plan, split_tile
+from ._triton_common import (channel, elementwise_tile, instance_moments, load_f32, load_grad_block, plan,
+                             split_tile)
 
 
 @triton.jit
@@ -39,10 +40,10 @@ def _b0_fwd_kernel(
     C, P, stride_c, stride_p,
     BLOCK_C: tl.constexpr, BLOCK_P: tl.constexpr,
 ):
-    n, cs, c_mask, mask, offsets = elementwise_tile(C, P, stride_c, stride_p, BLOCK_C, BLOCK_P)
-    x = tl.load(x_ptr + offsets, mask=mask, other=0.0).to(tl.float32)
+    nc, cs, c_mask, mask, offsets = elementwise_tile(C, P, stride_c, stride_p, BLOCK_C, BLOCK_P)
+    x = load_f32(x_ptr, offsets, mask)
     left = tl.load(left_ptr + cs, mask=c_mask, other=1.0)[:, None]
-    inst_std = tl.load(inst_std_ptr + n * C + cs, mask=c_mask, other=1.0)[:, None]
+    inst_std = tl.load(inst_std_ptr + nc, mask=c_mask, other=1.0)[:, None]
     v = tl.load(v_ptr + cs, mask=c_mask, other=0.0)[:, None]
     inv_d, _ = _inverse_denominator(x, left, v, inst_std)
     weight = tl.load(weight_ptr + cs, mask=c_mask, other=0.0)[:, None]
@@ -73,11 +74,7 @@ def _b0_bwd_reduce_kernel(
     acc_rx = tl.zeros([BLOCK_C], tl.float32)
     acc_l = tl.zeros([BLOCK_C], tl.float32)
     for p0 in range(p_start, p_end, BLOCK_P):
-        ps = p0 + tl.arange(0, BLOCK_P)
-        mask = c_mask[:, None] & (ps < p_end)[None, :]
-        offsets = base + cs[:, None] * stride_c + ps[None, :] * stride_p
-        x = tl.load(x_ptr + offsets, mask=mask, other=0.0).to(tl.float32)
-        g = tl.load(grad_y_ptr + offsets, mask=mask, other=0.0).to(tl.float32)
+        mask, x, g = load_grad_block(x_ptr, grad_y_ptr, base, cs, c_mask, p0, p_end, stride_c, stride_p, BLOCK_P)
         inv_d, take_right = _inverse_denominator(x, left, v, inst_std)
         inv_d = tl.where(mask, inv_d, 0.0)  # masked lanes could divide by a zero d (eps = 0)
         z = x * inv_d
@@ -110,10 +107,9 @@ def _b0_bwd_dx_kernel(
     C, P, stride_c, stride_p,
     BLOCK_C: tl.constexpr, BLOCK_P: tl.constexpr,
 ):
-    n, cs, c_mask, mask, offsets = elementwise_tile(C, P, stride_c, stride_p, BLOCK_C, BLOCK_P)
-    x = tl.load(x_ptr + offsets, mask=mask, other=0.0).to(tl.float32)
-    g = tl.load(grad_y_ptr + offsets, mask=mask, other=0.0).to(tl.float32)
-    nc = n * C + cs
+    nc, cs, c_mask, mask, offsets = elementwise_tile(C, P, stride_c, stride_p, BLOCK_C, BLOCK_P)
+    x = load_f32(x_ptr, offsets, mask)
+    g = load_f32(grad_y_ptr, offsets, mask)
     left = tl.load(left_ptr + cs, mask=c_mask, other=1.0)[:, None]
     inst_std = tl.load(inst_std_ptr + nc, mask=c_mask, other=1.0)[:, None]
     v = tl.load(v_ptr + cs, mask=c_mask, other=0.0)[:, None]

@@ -18,7 +18,8 @@ import triton.language as tl
 
 from . import s0_op
 from ._layout import dense_like, memory_format
-from ._triton_common import channel, elementwise_tile, instance_moments, plan, split_tile
+from ._triton_common import (channel, elementwise_tile, instance_moments, load_f32, load_grad_block, plan,
+                             split_tile)
 
 
 @triton.jit
@@ -36,9 +37,9 @@ def _s0_fwd_kernel(
     C, P, stride_c, stride_p,
     HAS_V: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_P: tl.constexpr,
 ):
-    n, cs, c_mask, mask, offsets = elementwise_tile(C, P, stride_c, stride_p, BLOCK_C, BLOCK_P)
-    x = tl.load(x_ptr + offsets, mask=mask, other=0.0).to(tl.float32)
-    scale = tl.load(scale_ptr + n * C + cs, mask=c_mask, other=0.0)
+    nc, cs, c_mask, mask, offsets = elementwise_tile(C, P, stride_c, stride_p, BLOCK_C, BLOCK_P)
+    x = load_f32(x_ptr, offsets, mask)
+    scale = tl.load(scale_ptr + nc, mask=c_mask, other=0.0)
     bias = tl.load(bias_ptr + cs, mask=c_mask, other=0.0)
     arg = x
     if HAS_V:
@@ -66,11 +67,7 @@ def _s0_bwd_reduce_kernel(
     acc_v = tl.zeros([BLOCK_C], tl.float32)
     acc_g = tl.zeros([BLOCK_C], tl.float32)
     for p0 in range(p_start, p_end, BLOCK_P):
-        ps = p0 + tl.arange(0, BLOCK_P)
-        mask = c_mask[:, None] & (ps < p_end)[None, :]
-        offsets = base + cs[:, None] * stride_c + ps[None, :] * stride_p
-        x = tl.load(x_ptr + offsets, mask=mask, other=0.0).to(tl.float32)
-        g = tl.load(grad_y_ptr + offsets, mask=mask, other=0.0).to(tl.float32)
+        mask, x, g = load_grad_block(x_ptr, grad_y_ptr, base, cs, c_mask, p0, p_end, stride_c, stride_p, BLOCK_P)
         s = _sigmoid(x * v[:, None])
         gx = g * x
         acc_h += tl.sum(gx * s, axis=1)
@@ -96,16 +93,15 @@ def _s0_bwd_dx_kernel(
     C, P, stride_c, stride_p,
     HAS_V: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_P: tl.constexpr,
 ):
-    n, cs, c_mask, mask, offsets = elementwise_tile(C, P, stride_c, stride_p, BLOCK_C, BLOCK_P)
-    x = tl.load(x_ptr + offsets, mask=mask, other=0.0).to(tl.float32)
-    g = tl.load(grad_y_ptr + offsets, mask=mask, other=0.0).to(tl.float32)
-    nc = n * C + cs
-    a = tl.load(a_ptr + nc, mask=c_mask, other=0.0)[:, None]
-    k = tl.load(k_ptr + nc, mask=c_mask, other=0.0)[:, None]
-    mu = tl.load(mu_ptr + nc, mask=c_mask, other=0.0)[:, None]
+    nc, cs, c_mask, mask, offsets = elementwise_tile(C, P, stride_c, stride_p, BLOCK_C, BLOCK_P)
+    x = load_f32(x_ptr, offsets, mask)
+    g = load_f32(grad_y_ptr, offsets, mask)
     v = tl.zeros([BLOCK_C], tl.float32) + 1.0
     if HAS_V:
         v = tl.load(v_ptr + cs, mask=c_mask, other=0.0)
+    a = tl.load(a_ptr + nc, mask=c_mask, other=0.0)[:, None]
+    k = tl.load(k_ptr + nc, mask=c_mask, other=0.0)[:, None]
+    mu = tl.load(mu_ptr + nc, mask=c_mask, other=0.0)[:, None]
     s = _sigmoid(x * v[:, None])
     dx = g * a * (s + v[:, None] * x * s * (1.0 - s)) + k * (x - mu)
     tl.store(grad_x_ptr + offsets, dx.to(grad_x_ptr.dtype.element_ty), mask=mask)
