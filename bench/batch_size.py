@@ -14,19 +14,14 @@ the search's 1.4-epoch proxy, these trainings are long enough to overfit 9k imag
 The number reported is the accuracy on the test images (2k in the shared subset). EvoNorm-B0 and -S0 are the
 seed graphs compiled by ``primitives``, exactly as the search trains them.
 
-The cells run in parallel, one CPU each, as Ray tasks (``--workers``: 0 uses every core), smallest batches
-first (they take longest). Budget, measured on the 2-core machine with both cores busy: one epoch of all 16
-cells costs ~270 CPU-seconds (batch 2 alone ~70%; B0 and S0 run 1.1-1.4x BN-ReLU's time), so the default
-12 epochs with one seed take ~27 min of wall time (each more seed adds as much). Writes
+The cells run on the executor's Ray workers, one CPU each (``--workers``: 0 uses every core), one batch size
+at a time, smallest batches first (they take longest; batch 2 costs most of a sweep). Writes
 ``bench/results/batch_size.csv`` (one row per cell, rewritten as cells finish, so an interrupted sweep keeps
 what it measured) and ``batch_size.png`` (test accuracy against batch size, log2 axis, one line per layer;
 error bars span the seeds).
 """
 from __future__ import annotations
 
-import argparse
-import csv
-import logging
 import os
 import statistics
 import sys
@@ -34,14 +29,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator, Mapping
 
-from tqdm import tqdm
+from evaluator.config import merge
+from evaluator.data import load_dataset
+from evaluator.evaluate import EvalRecord
+from search.config import load_config
+from search.executor import Job
+from search.report import write_csv
 
-from evaluator.config import load_config, merge
-from evaluator.data import Dataset, load_dataset
-from evaluator.evaluate import EvalRecord, Evaluator
+import harness
 
-RESULTS = Path(__file__).resolve().parent / "results"
-CONFIG = Path(__file__).resolve().parents[1] / "configs" / "quick.yaml"
 LAYERS = ("bn_relu", "gn_relu", "evonorm_b0", "evonorm_s0")
 BATCH_SIZES = (128, 32, 8, 2)
 # Applied over the base config, before the command line's --set.
@@ -83,29 +79,18 @@ def make_cells(cfg: Mapping[str, Any], layers, batch_sizes, seeds: int, epochs: 
     return cells
 
 
-def _train_cell(cfg: Mapping[str, Any], data: Dataset, layer: str, seed: int) -> dict:
-    logging.getLogger("evaluator").setLevel(logging.WARNING)
-    return Evaluator(cfg, data=data).evaluate(layer, seed).to_dict()
+def _row_order(row: dict) -> tuple:
+    return row["layer"], -row["batch_size"], row["seed"]
 
 
-def run_cells(cells: list[Cell], data: Dataset, workers: int) -> Iterator[tuple[Cell, EvalRecord]]:
-    """Train the cells as Ray tasks of one CPU each; yields each cell with its record as it finishes."""
-    import ray
-
-    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
-    # the object store holds the dataset once (~70 MB), shared by every task
-    ray.init(num_cpus=workers or None, include_dashboard=False, object_store_memory=256 << 20,
-             logging_level=logging.WARNING)
-    try:
-        task = ray.remote(num_cpus=1)(_train_cell)
-        data_ref = ray.put(data)
-        pending = {task.remote(c.cfg, data_ref, c.layer, c.seed): c for c in cells}
-        while pending:
-            done, _ = ray.wait(list(pending), num_returns=1)
-            cell = pending.pop(done[0])
-            yield cell, EvalRecord.from_dict(ray.get(done[0]))
-    finally:
-        ray.shutdown()
+def run_cells(cells: list[Cell], workers: int) -> Iterator[tuple[Cell, EvalRecord]]:
+    """Train the cells on the executor, one batch size (one training section) at a time; yields each cell
+    with its record as it finishes."""
+    for batch in dict.fromkeys(c.batch_size for c in cells):
+        group = [c for c in cells if c.batch_size == batch]
+        jobs = [Job.of(i, c.seed, None, c.layer) for i, c in enumerate(group)]
+        for outcome in harness.run_jobs(group[0].cfg, jobs, workers, f"batch {batch}"):
+            yield group[outcome.job.candidate_id], outcome.record
 
 
 def row_for(cell: Cell, record: EvalRecord, epochs: float) -> dict:
@@ -146,16 +131,6 @@ def table(rows: list[dict], layers, batch_sizes) -> list[str]:
     return lines
 
 
-def write_csv(rows: list[dict], path: Path) -> None:
-    rows = sorted(rows, key=lambda r: (r["layer"], -r["batch_size"], r["seed"]))
-    tmp = path.with_suffix(".tmp")
-    with open(tmp, "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=FIELDS)
-        writer.writeheader()
-        writer.writerows(rows)
-    os.replace(tmp, path)
-
-
 def plot(rows: list[dict], layers, path: Path, title: str) -> None:
     import matplotlib
     matplotlib.use("Agg")
@@ -187,19 +162,16 @@ def _csv_list(text: str, kind=str) -> list:
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--config", default=str(CONFIG), help="base config (model sizes, base lr and batch)")
-    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    parser = harness.parser(__doc__)
     parser.add_argument("--epochs", type=float, default=12.0, help="passes over the training images, every cell")
     parser.add_argument("--batch-sizes", default=",".join(map(str, BATCH_SIZES)))
     parser.add_argument("--layers", default=",".join(LAYERS))
     parser.add_argument("--seeds", type=int, default=1, help="training seeds per cell (0, 1, ...)")
     parser.add_argument("--workers", type=int, default=0, help="cells at once, one CPU each (0: every core)")
-    parser.add_argument("--out", default=str(RESULTS))
     args = parser.parse_args(argv)
     if args.epochs <= 0 or args.seeds < 1:
         parser.error(f"--epochs must be positive and --seeds at least 1, got {args.epochs} and {args.seeds}")
-    cfg = load_config(args.config, [*EXPERIMENT, *args.overrides], foreign_sections=True)
+    cfg = load_config(args.config, [*EXPERIMENT, *args.overrides], check_search=False)
     layers, batch_sizes = _csv_list(args.layers), _csv_list(args.batch_sizes, int)
     data = load_dataset(cfg["data"], cfg["seed"])
     cells = make_cells(cfg, layers, batch_sizes, args.seeds, args.epochs, len(data.train_y))
@@ -208,13 +180,9 @@ def main(argv=None) -> int:
     print(f"{len(cells)} cells on {len(data.train_y)} training images, {args.epochs:g} epochs each; "
           f"lr {cfg['train']['lr']:g} at batch {cfg['train']['batch_size']}, scaled linearly")
     rows = []
-    with tqdm(total=len(cells), desc="cells", unit="cell", dynamic_ncols=True) as bar:
-        for cell, record in run_cells(cells, data, args.workers):
-            rows.append(row_for(cell, record, args.epochs))
-            write_csv(rows, out / "batch_size.csv")
-            result = f"{rows[-1]['test_accuracy']:.3f}" if record.status == "ok" else record.reason
-            bar.set_postfix_str(f"{cell.layer} batch {cell.batch_size}: {result}")
-            bar.update(1)
+    for cell, record in run_cells(cells, args.workers or os.cpu_count() or 1):
+        rows.append(row_for(cell, record, args.epochs))
+        write_csv(out / "batch_size.csv", sorted(rows, key=_row_order), FIELDS)
     print("\n".join(table(rows, layers, batch_sizes)))
     title = (f"ResNet proxy, {args.epochs:g} epochs, lr {cfg['train']['lr']:g} x batch/{cfg['train']['batch_size']}"
              f", {args.seeds} seed(s); test accuracy ({len(data.test_y)} images)")

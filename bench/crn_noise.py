@@ -13,29 +13,22 @@ and writes ``bench/results/crn_noise.csv`` (one row per evaluation).
 """
 from __future__ import annotations
 
-import argparse
 import itertools
 import statistics
 import sys
-from pathlib import Path
 
 from tqdm import tqdm
 
 from evaluator.config import load_config
 from evaluator.evaluate import Evaluator, derive_seed
-from search.report import write_csv
+import harness
 
-RESULTS = Path(__file__).resolve().parent / "results"
-CONFIG = Path(__file__).resolve().parents[1] / "configs" / "quick.yaml"
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--config", default=str(CONFIG))
-    parser.add_argument("--set", dest="overrides", action="append", default=[])
+    parser = harness.parser(__doc__)
     parser.add_argument("--seeds", type=int, default=4)
     parser.add_argument("--layers", default="bn_relu,evonorm_s0")
-    parser.add_argument("--out", default=str(RESULTS))
     args = parser.parse_args(argv)
     layers = [s.strip() for s in args.layers.split(",") if s.strip()]
     if args.seeds < 2 or len(layers) != 2:
@@ -57,8 +50,7 @@ def main(argv=None) -> int:
     print(f"{a} - {b}: mean {statistics.mean(paired):+.4f}")
     print(f"  std of the difference, common random numbers (same seed): {statistics.stdev(paired):.4f}")
     print(f"  std of the difference, independent seeds:                 {statistics.stdev(unpaired):.4f}")
-    out = Path(args.out)
-    write_csv(out / "crn_noise.csv", rows)
+    harness.save_csv(args.out, "crn_noise.csv", rows)
     return 0
 
 

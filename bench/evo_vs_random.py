@@ -40,7 +40,6 @@ Budget: a run's wall time is its step budget over the machine's training speed, 
 """
 from __future__ import annotations
 
-import argparse
 import logging
 import statistics
 import sys
@@ -54,10 +53,9 @@ from search import ConfigError, RunView, load_config, open_run, resume, run
 from search.config import check_resume_overrides, find_config
 from search.journal import JOURNAL_FILE
 from search.plots import progress_info
-from search.report import write_csv
+import harness
 
 REPO = Path(__file__).resolve().parents[1]
-RESULTS = Path(__file__).resolve().parent / "results"
 VARIANTS: dict[str, list[str]] = {
     "evolution": ["search.algorithm=evolution"],
     "random": ["search.algorithm=random"],
@@ -223,16 +221,12 @@ def _csv_list(text: str, kind=str) -> list:
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--config", default=str(REPO / "configs" / "quick.yaml"), help="base search config")
-    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                        help="override the base config for every run (repeatable)")
+    parser = harness.parser(__doc__)
     parser.add_argument("--max-steps", type=int, default=12000, help="training steps per run (search.max_steps)")
     parser.add_argument("--seeds", default="0,1,2", help="run seeds, one replicate of every variant each")
     parser.add_argument("--variants", default=",".join(VARIANTS))
     parser.add_argument("--seed-graphs", default="", help="search.seeds for every variant (default: none)")
     parser.add_argument("--runs", default=str(REPO / "runs" / "evo_vs_random"), help="folder of the run directories")
-    parser.add_argument("--out", default=str(RESULTS))
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     seeds, variants = _csv_list(args.seeds, int), _csv_list(args.variants)
@@ -266,13 +260,13 @@ def main(argv=None) -> int:
                 if ref.passed:
                     references.setdefault(name, []).append(ref.mean_fitness)
     out = Path(args.out)
-    write_csv(out / "evo_vs_random.csv", rows, FIELDS)
+    harness.save_csv(out, "evo_vs_random.csv", rows, FIELDS)
     print("\n".join(table(rows)))
     title = (f"{Path(args.config).name}: {args.max_steps} training steps per run, seeds {args.seeds}; "
              f"seed graphs: {args.seed_graphs or 'none'}; band: worst to best seed")
     plot(curves, {k: statistics.mean(v) for k, v in references.items()}, args.max_steps, out / "evo_vs_random.png",
          title)
-    print(f"wrote {out / 'evo_vs_random.csv'} and {out / 'evo_vs_random.png'}")
+    print(f"wrote {out / 'evo_vs_random.png'}")
     return 0
 
 

@@ -14,7 +14,6 @@ Fused layers compile on their first call (not timed). Writes ``bench/results/lay
 """
 from __future__ import annotations
 
-import argparse
 import platform
 import statistics
 import time
@@ -25,9 +24,8 @@ import torch
 from torch import nn
 
 import evonorm
-from search.report import write_csv
+import harness
 
-RESULTS = Path(__file__).resolve().parent / "results"
 SHAPES = ["32,64,56,56", "32,256,14,14", "8,128,28,28"]
 LAYOUTS = {"nchw": torch.contiguous_format, "cl": torch.channels_last}
 
@@ -121,12 +119,11 @@ def plot(rows: List[dict], path: Path) -> None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = harness.parser(__doc__, config=False)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--repeats", type=int, default=15)
     parser.add_argument("--shapes", nargs="+", default=SHAPES, help="N,C,H,W each")
     parser.add_argument("--layouts", nargs="+", default=list(LAYOUTS), choices=list(LAYOUTS))
-    parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     print(f"{platform.processor() or platform.machine()}, torch {torch.__version__}, "
@@ -143,9 +140,9 @@ def main() -> None:
                 print(f"  {r['layer']:<14}{r['time_vs_bn_relu']:>9.2f}"
                       f"{r['median_ms'] / base_median:>11.2f}{r['saved_vs_input']:>13.2f}",
                       flush=True)
-    write_csv(args.out / "layers.csv", rows)
+    harness.save_csv(args.out, "layers.csv", rows)
     plot(rows, args.out / "layers.png")
-    print(f"\nwrote {args.out / 'layers.csv'} and {args.out / 'layers.png'}")
+    print(f"wrote {args.out / 'layers.png'}")
 
 
 if __name__ == "__main__":

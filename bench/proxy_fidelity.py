@@ -20,29 +20,27 @@ import csv
 import math
 import os
 import sys
-from collections import deque
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator, Optional, Sequence
+from typing import Optional
 
 import yaml
-from tqdm import tqdm
 
 from evaluator.data import read_cifar10
 from evaluator.evaluate import derive_seed
 from primitives import graph_to_yaml, load_graph, seeds
 from search.config import load_config
 from search.driver import prepare_data
-from search.executor import Job, Outcome, make_executor
+from search.executor import Job
 
-HERE = Path(__file__).resolve().parent
-PANEL = HERE / "panel" / "panel.yaml"
-RESULTS = HERE / "results" / "proxy_fidelity"
+import harness
+
+PANEL = Path(__file__).resolve().parent / "panel" / "panel.yaml"
+RESULTS = harness.RESULTS / "proxy_fidelity"
 TRUTH_CSV = "ground_truth.csv"
 PROXIES_CSV = "proxies.csv"
 FIELDS = ("proxy", "layer", "seed_index", "seed", "arch", "score", "status", "reason", "steps", "wall_time",
           "train_images", "setting")
-POLL_SECONDS = 5.0
 
 
 @dataclass(frozen=True)
@@ -89,24 +87,6 @@ def _done(path: Path, proxy: str) -> set[tuple[str, int]]:
         return {(r["layer"], int(r["seed_index"])) for r in csv.DictReader(f) if r["proxy"] == proxy}
 
 
-def _run(cfg, jobs: Sequence[Job], workers: int, desc: str) -> Iterator[Outcome]:
-    """Every job on the config's executor, its slots kept busy; outcomes in the order they finish."""
-    settings = dict(cfg, executor={**cfg["executor"], "kind": "serial" if workers == 0 else "ray",
-                                   "num_workers": workers})
-    executor = make_executor(settings)
-    pending = deque(jobs)
-    try:
-        with tqdm(total=len(jobs), desc=desc, unit="eval", dynamic_ncols=True) as bar:
-            while pending or executor.in_flight:
-                while pending and executor.in_flight < executor.slots:
-                    executor.submit(pending.popleft())
-                for outcome in executor.wait(timeout=POLL_SECONDS):
-                    bar.update(1)
-                    yield outcome
-    finally:
-        executor.close()
-
-
 def _train_images(cfg) -> int:
     """How many training images the config's dataset has (read once, before any worker starts)."""
     (train_x, _), _ = read_cifar10(cfg["data"]["root"], cfg["data"]["download"])
@@ -134,7 +114,7 @@ def evaluate_panel(proxy: str, cfg, seeds: int, workers: int, csv_path: Path, sc
         writer = csv.writer(f)
         if new:
             writer.writerow(FIELDS)
-        for outcome in _run(cfg, jobs, workers, proxy):
+        for outcome in harness.run_jobs(cfg, jobs, workers, proxy):
             job, rec = outcome.job, outcome.record
             values = rec.fitness if score == "fitness" else (rec.test_accuracy or {})
             for arch in cfg["model"]["archs"]:
@@ -170,11 +150,9 @@ def main(argv: Optional[list[str]] = None) -> int:
         p = sub.add_parser(name)
         if name == "proxy":
             p.add_argument("name", help="what this proxy setting is called in the CSV and the table")
-        p.add_argument("--config", default="configs/quick.yaml")
         p.add_argument("--seeds", type=int, default=2 if name == "truth" else 1)
         p.add_argument("--workers", type=int, default=2, help="Ray workers (0: serial, in this process)")
-        p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
-        p.add_argument("--out", type=Path, default=RESULTS)
+        harness.add_common(p, out=RESULTS)
         if name == "truth":
             p.add_argument("--epochs", type=int, default=10)
     args = parser.parse_args(argv)

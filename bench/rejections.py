@@ -12,31 +12,22 @@ graph: formula, status, reason, steps, seconds).
 """
 from __future__ import annotations
 
-import argparse
 import random
 import sys
 from collections import Counter, defaultdict
-from pathlib import Path
 
 from tqdm import tqdm
 
 from evaluator.config import load_config
 from evaluator.evaluate import Evaluator, derive_seed
 from primitives import PAPER_OPS, random_graph
-from search.report import write_csv
+import harness
 
-RESULTS = Path(__file__).resolve().parent / "results"
-CONFIG = Path(__file__).resolve().parents[1] / "configs" / "quick.yaml"
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--config", default=str(CONFIG))
-    parser.add_argument("--set", dest="overrides", action="append", default=[])
+    parser = harness.parser(__doc__, graphs=True)
     parser.add_argument("--count", type=int, default=50)
-    parser.add_argument("--nodes", type=int, default=10)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--out", default=str(RESULTS))
     args = parser.parse_args(argv)
     if args.count < 1 or args.nodes < 1:
         parser.error(f"--count and --nodes must be at least 1, got {args.count} and {args.nodes}")
@@ -56,9 +47,7 @@ def main(argv=None) -> int:
     print(f"{'reason':22s} {'count':>5s} {'share':>6s} {'seconds':>8s}")
     for reason, n in counts.most_common():
         print(f"{reason:22s} {n:5d} {n / len(rows):6.0%} {seconds[reason]:8.1f}")
-    out = Path(args.out)
-    write_csv(out / "rejections.csv", rows)
-    print(f"wrote {out / 'rejections.csv'}")
+    harness.save_csv(args.out, "rejections.csv", rows)
     return 0
 
 

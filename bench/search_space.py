@@ -10,19 +10,16 @@ child is a normalizer. Writes ``bench/results/search_space.csv``; seconds on a l
 """
 from __future__ import annotations
 
-import argparse
 import random
 import sys
 from collections import Counter
-from pathlib import Path
 
 from tqdm import tqdm
 
 from primitives import OPERATORS, PAPER_OPS, PRIORS, mutate, random_graph
 from primitives.classify import LAYER_CLASSES, is_normalizer, layer_class
-from search.report import write_csv
+import harness
 
-RESULTS = Path(__file__).resolve().parent / "results"
 
 
 def prior_rows(samples: int, nodes: int, seed: int) -> list[dict]:
@@ -57,20 +54,15 @@ def operator_rows(samples: int, nodes: int, seed: int) -> list[dict]:
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = harness.parser(__doc__, config=False, graphs=True)
     parser.add_argument("--samples", type=int, default=4000)
-    parser.add_argument("--nodes", type=int, default=10)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--out", default=str(RESULTS))
     args = parser.parse_args(argv)
     if args.samples < 4 or args.nodes < 1:
         parser.error(f"--samples must be at least 4 and --nodes at least 1, got {args.samples} and {args.nodes}")
     rows = prior_rows(args.samples, args.nodes, args.seed) + operator_rows(args.samples, args.nodes, args.seed)
     for r in rows:
         print(r["what"] + ": " + ", ".join(f"{k} {v:.4g}" for k, v in r.items() if k != "what"))
-    out = Path(args.out)
-    write_csv(out / "search_space.csv", rows)
-    print(f"wrote {out / 'search_space.csv'}")
+    harness.save_csv(args.out, "search_space.csv", rows)
     return 0
 
 

@@ -12,7 +12,6 @@ to BN-ReLU on the same network. Writes ``bench/results/step_time.csv`` and ``ste
 """
 from __future__ import annotations
 
-import argparse
 import random
 import statistics
 import sys
@@ -27,9 +26,8 @@ from evaluator.evaluate import Evaluator, derive_seed
 from evaluator.models import NormActFactory, build_model
 from evaluator.train import Trainer
 from primitives import PAPER_OPS, random_graph
-from search.report import write_csv
+import harness
 
-RESULTS = Path(__file__).resolve().parent / "results"
 
 
 def typical_survivor(cfg: dict, data, seed: int = 0, pool: int = 9):
@@ -103,14 +101,11 @@ def plot(rows: list[dict], path: Path, title: str) -> None:
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--config", default=str(Path(__file__).resolve().parents[1] / "configs" / "quick.yaml"))
-    parser.add_argument("--set", dest="overrides", action="append", default=[])
+    parser = harness.parser(__doc__)
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--steps", type=int, default=10)
     parser.add_argument("--archs", default="resnet,mobilenetv2,efficientnet",
                         help="families to measure, at the config's sizes (default: all three)")
-    parser.add_argument("--out", default=str(RESULTS))
     args = parser.parse_args(argv)
     cfg = load_config(args.config, [f"model.archs=[{args.archs}]", *args.overrides], foreign_sections=True)
     torch.set_num_threads(cfg["train"]["threads"])
@@ -121,11 +116,11 @@ def main(argv=None) -> int:
               "random survivor": survivor}
     rows = measure(cfg, data, layers, args.repeats, args.steps)
     out = Path(args.out)
-    write_csv(out / "step_time.csv", rows)
+    harness.save_csv(out, "step_time.csv", rows)
     title = (f"batch {cfg['train']['batch_size']}, {cfg['train']['threads']} thread(s); "
              f"random survivor: {survivor.formula()}")
     plot(rows, out / "step_time.png", title)
-    print(f"wrote {out / 'step_time.csv'} and {out / 'step_time.png'}")
+    print(f"wrote {out / 'step_time.png'}")
     return 0
 
 

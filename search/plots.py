@@ -86,8 +86,12 @@ def _save(fig, ax, path: Path, xlabel: str, ylabel: str, title: str) -> Path:
     ax.set_title(title)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8, loc="lower right")
+    return _write(fig, path, dpi=120)
+
+
+def _write(fig, path: Path, dpi: int) -> Path:
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    fig.savefig(path, dpi=dpi)
     plt.close(fig)
     return path
 
@@ -152,10 +156,7 @@ def plot_graph(graph: LayerGraph, path: Path, title: str = "") -> Path:
                      connectionstyle="arc3,rad=0.12")
     ax.set_title(title or graph.formula(), fontsize=8)
     ax.axis("off")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return _write(fig, path, dpi=110)
 
 
 @dataclass(frozen=True)

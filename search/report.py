@@ -138,11 +138,13 @@ def write_report(view: RunView, entries: Sequence[Entry], plots: dict[str, Path]
 def write_csv(path: str | os.PathLike, rows: Sequence[Mapping[str, Any]],
               fields: Optional[Sequence[str]] = None) -> Path:
     """``rows`` as a CSV file with a header (``fields``, else every key in first-seen order), its folder made
-    if needed; returns the path."""
+    if needed; written beside and renamed, so a reader never sees half a table. Returns the path."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "w", newline="") as f:
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=list(fields or dict.fromkeys(k for r in rows for k in r)))
         writer.writeheader()
         writer.writerows(rows)
+    os.replace(tmp, path)
     return path
