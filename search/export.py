@@ -18,6 +18,7 @@ from pathlib import Path
 from primitives import seeds
 from primitives import GraphFormatError, LayerGraph, layer_source, load_graph
 
+from .command import report_error
 from .journal import JournalError
 from .leaderboard import leaderboard
 from .results import open_run
@@ -78,8 +79,7 @@ def main(argv: list[str] | None = None) -> int:
             graph = choose_graph(args.run_dir, args.rank, args.hash_prefix)
         source = layer_source(graph, args.name or class_name_for(graph))
     except (ExportError, JournalError, GraphFormatError, ValueError, OSError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+        return report_error(err)
     Path(args.out).write_text(source)
     print(f"wrote {args.out}: {args.name or class_name_for(graph)}, y = ({graph.formula()}) * weight + bias")
     return 0

@@ -11,6 +11,7 @@ import argparse
 import json
 import sys
 
+from .command import report_error
 from .journal import JournalError
 from .leaderboard import leaderboard
 from .report import saved_sections, table, write_plots, write_report
@@ -33,8 +34,7 @@ def main(argv: list[str] | None = None) -> int:
         view = open_run(args.run_dir)
         compare = [open_run(d) for d in args.compare]
     except (JournalError, OSError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+        return report_error(err)
     entries = leaderboard(view.candidates(), top=args.top)
     summary = view.summary()
     if args.json:
