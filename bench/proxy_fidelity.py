@@ -12,26 +12,38 @@ truth has one seed of every layer before it has two of any.
 ``proxy`` scores the panel with the config's own evaluation (the search's fitness: validation accuracy, with
 its rejection checks) after the ``--set`` overrides, and appends it to ``proxies.csv`` under ``NAME``; it
 resumes the same way.
+
+``report`` scores every proxy in ``proxies.csv`` against the ground truth and writes ``fidelity.csv`` and
+``fidelity.png`` (fidelity against cost), printing the table as Markdown. A layer's score is its mean over
+architectures and seeds; an evaluation that did not pass (rejected, failed) scores chance, so such layers
+rank last. A proxy of k seeds is the mean of k of its seeds' scores: every k-subset of the seeds measured is
+scored and the table gives their mean. Its cost is the mean core-seconds (one thread) per panel evaluation,
+times k. The ground truth's own noise sets a ceiling: the row ``truth (seed vs seed)`` ranks the panel with
+one truth seed against the other.
 """
 from __future__ import annotations
 
 import argparse
 import csv
+import itertools
 import math
+import statistics
 import os
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional
+from typing import Optional, Sequence
 
 import yaml
 
 from evaluator.data import read_cifar10
+from evaluator.evaluate import Status
 from evaluator.evaluate import derive_seed
 from primitives import graph_to_yaml, load_graph, seeds
 from search.config import load_config
 from search.driver import prepare_data
 from search.executor import Job
+from search.leaderboard import kendall, spearman
 
 import harness
 
@@ -39,6 +51,9 @@ PANEL = Path(__file__).resolve().parent / "panel" / "panel.yaml"
 RESULTS = harness.RESULTS / "proxy_fidelity"
 TRUTH_CSV = "ground_truth.csv"
 PROXIES_CSV = "proxies.csv"
+FIDELITY_CSV = "fidelity.csv"
+FIDELITY_PNG = "fidelity.png"
+CHANCE = 0.10  # the score of an evaluation that did not pass: ten classes
 FIELDS = ("proxy", "layer", "seed_index", "seed", "arch", "score", "status", "reason", "steps", "wall_time",
           "train_images", "setting")
 
@@ -143,6 +158,120 @@ def _proxy(args) -> int:
     return 0
 
 
+Scores = dict[str, dict[int, float]]  # layer -> seed index -> mean over architectures (chance if it failed)
+
+
+def read_scores(path: Path) -> dict[str, tuple[Scores, float]]:
+    """Per proxy: each layer's score per seed index, and the mean core-seconds of one evaluation."""
+    by_eval: dict[tuple[str, str, int], list[dict]] = {}
+    with open(path, newline="") as f:
+        for row in csv.DictReader(f):
+            by_eval.setdefault((row["proxy"], row["layer"], int(row["seed_index"])), []).append(row)
+    out: dict[str, tuple[Scores, list[float]]] = {}
+    for (proxy, layer, seed_index), rows in by_eval.items():
+        passed = all(r["status"] == Status.OK and r["score"] != "" for r in rows)
+        score = statistics.mean(float(r["score"]) for r in rows) if passed else CHANCE
+        scores, seconds = out.setdefault(proxy, ({}, []))
+        scores.setdefault(layer, {})[seed_index] = score
+        seconds.append(float(rows[0]["wall_time"]))
+    return {proxy: (scores, statistics.mean(seconds)) for proxy, (scores, seconds) in out.items()}
+
+
+def _complete_seeds(scores: Scores, layers: Sequence[str]) -> list[int]:
+    """The seed indices measured for every one of ``layers``."""
+    return sorted(set.intersection(*(set(scores.get(layer, {})) for layer in layers)))
+
+
+def fidelity(truth: Scores, proxy: Scores, k: int) -> Optional[tuple[float, float]]:
+    """Mean Spearman and Kendall of a k-seed proxy against the ground truth (every seed of it) over the
+    layers both hold, averaged over every k-subset of the proxy's seeds; None if it has fewer than k."""
+    layers = sorted(set(truth) & set(proxy))
+    seeds = _complete_seeds(proxy, layers)
+    if len(layers) < 3 or len(seeds) < k:
+        return None
+    target = [statistics.mean(truth[layer].values()) for layer in layers]
+    rhos, taus = [], []
+    for subset in itertools.combinations(seeds, k):
+        guess = [statistics.mean(proxy[layer][i] for i in subset) for layer in layers]
+        rhos.append(spearman(guess, target) or 0.0)
+        taus.append(kendall(guess, target) or 0.0)
+    return statistics.mean(rhos), statistics.mean(taus)
+
+
+def fidelity_rows(truth: Scores, proxies: dict[str, tuple[Scores, float]], truth_seconds: float) -> list[dict]:
+    """One row per (proxy, seeds) that can be scored, and the ground truth's seed-vs-seed ceiling."""
+    rows = []
+    layers = sorted(truth)
+    truth_seeds = _complete_seeds(truth, layers)
+    if len(truth_seeds) >= 2:
+        a, b = truth_seeds[:2]
+        x, y = [truth[layer][a] for layer in layers], [truth[layer][b] for layer in layers]
+        rows.append({"proxy": "truth (seed vs seed)", "seeds": 1, "layers": len(layers),
+                     "spearman": round(spearman(x, y) or 0.0, 3), "kendall": round(kendall(x, y) or 0.0, 3),
+                     "core_seconds": round(truth_seconds, 1), "setting": "one truth seed against another"})
+    for name, (scores, seconds) in proxies.items():
+        for k in range(1, 1 + len(_complete_seeds(scores, sorted(set(truth) & set(scores))))):
+            result = fidelity(truth, scores, k)
+            if result is not None:
+                rows.append({"proxy": name, "seeds": k, "layers": len(set(truth) & set(scores)),
+                             "spearman": round(result[0], 3), "kendall": round(result[1], 3),
+                             "core_seconds": round(k * seconds, 1), "setting": ""})
+    return rows
+
+
+def markdown(rows: Sequence[dict]) -> str:
+    lines = ["| proxy | seeds | layers | Spearman | Kendall | core-s per layer |", "|---|---:|---:|---:|---:|---:|"]
+    lines += [f"| {r['proxy']} | {r['seeds']} | {r['layers']} | {r['spearman']:+.2f} | {r['kendall']:+.2f} | "
+              f"{r['core_seconds']:.0f} |" for r in rows]
+    return "\n".join(lines)
+
+
+def plot_fidelity(rows: Sequence[dict], path: Path) -> Path:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6.5, 4.5))
+    for name in dict.fromkeys(r["proxy"] for r in rows if not r["proxy"].startswith("truth")):
+        mine = [r for r in rows if r["proxy"] == name]
+        ax.plot([r["core_seconds"] for r in mine], [r["spearman"] for r in mine], "o-", label=name)
+        for r in mine:
+            ax.annotate(str(r["seeds"]), (r["core_seconds"], r["spearman"]), xytext=(3, 3),
+                        textcoords="offset points", fontsize=7)
+    for r in rows:
+        if r["proxy"].startswith("truth"):
+            ax.axhline(r["spearman"], color="k", ls="--", lw=1, label="truth seed vs seed (ceiling)")
+    ax.axhline(0.8, color="C3", ls=":", lw=1, label="target 0.8")
+    ax.set_xscale("log")
+    ax.set_xlabel("core-seconds per panel layer (log; labels: seeds averaged)")
+    ax.set_ylabel("Spearman against the ground truth")
+    ax.set_title("Proxy fidelity on the panel", fontsize=10)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, loc="lower right")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def _report(args) -> int:
+    truth_path, proxies_path = args.out / TRUTH_CSV, args.out / PROXIES_CSV
+    for path in (truth_path, proxies_path):
+        if not path.exists():
+            print(f"error: {path} does not exist; run the truth and proxy commands first", file=sys.stderr)
+            return 2
+    truth_by_proxy = read_scores(truth_path)
+    if "truth" not in truth_by_proxy:
+        print(f"error: {truth_path} holds no ground truth", file=sys.stderr)
+        return 2
+    truth, truth_seconds = truth_by_proxy["truth"]
+    rows = fidelity_rows(truth, read_scores(proxies_path), truth_seconds)
+    harness.save_csv(args.out, FIDELITY_CSV, rows)
+    print(f"wrote {plot_fidelity(rows, args.out / FIDELITY_PNG)}")
+    print(markdown(rows))
+    return 0
+
+
 def main(argv: Optional[list[str]] = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -155,8 +284,10 @@ def main(argv: Optional[list[str]] = None) -> int:
         harness.add_common(p, out=RESULTS)
         if name == "truth":
             p.add_argument("--epochs", type=int, default=10)
+    report = sub.add_parser("report")
+    report.add_argument("--out", type=Path, default=RESULTS, help=f"where the CSVs are (default: {RESULTS})")
     args = parser.parse_args(argv)
-    return {"truth": _truth, "proxy": _proxy}[args.command](args)
+    return {"truth": _truth, "proxy": _proxy, "report": _report}[args.command](args)
 
 
 if __name__ == "__main__":
