@@ -7,13 +7,12 @@ The scripts run as ``python bench/NAME.py`` (so this directory is on ``sys.path`
 from __future__ import annotations
 
 import argparse
-from collections import deque
 from pathlib import Path
 from typing import Iterator, Mapping, Optional, Sequence
 
 from tqdm import tqdm
 
-from search.executor import Job, Outcome, make_executor
+from search.executor import Job, Outcome, make_executor, run_all
 from search.report import write_csv
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -55,14 +54,10 @@ def run_jobs(cfg: Mapping, jobs: Sequence[Job], workers: int, desc: str) -> Iter
     settings = dict(cfg, executor={**cfg["executor"], "kind": "serial" if workers == 0 else "ray",
                                    "num_workers": workers})
     executor = make_executor(settings)
-    pending = deque(jobs)
     try:
         with tqdm(total=len(jobs), desc=desc, unit="eval", dynamic_ncols=True) as bar:
-            while pending or executor.in_flight:
-                while pending and executor.in_flight < executor.slots:
-                    executor.submit(pending.popleft())
-                for outcome in executor.wait(timeout=POLL_SECONDS):
-                    bar.update(1)
-                    yield outcome
+            for outcome in run_all(executor, jobs, POLL_SECONDS):
+                bar.update(1)
+                yield outcome
     finally:
         executor.close()

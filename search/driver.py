@@ -274,7 +274,6 @@ class _Driver:
 
     def _fingerprint(self, graph: LayerGraph) -> Optional[str]:
         """The graph's functional fingerprint, or None (no dedup by function) if it cannot be computed."""
-        m = self.cfg["model"]
         try:
             return fingerprint(graph, **norm_options(self.cfg["model"]))
         except Exception as err:  # noqa: BLE001 -- a bad graph must reach the evaluator, which records why

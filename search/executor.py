@@ -20,7 +20,7 @@ import time
 import traceback
 from collections import deque
 from dataclasses import dataclass
-from typing import Any, Callable, Mapping, Optional, Protocol
+from typing import Any, Callable, Iterable, Iterator, Mapping, Optional, Protocol
 
 from evaluator.evaluate import EvalRecord, Evaluator
 from primitives import graph_from_yaml
@@ -28,7 +28,7 @@ from primitives import graph_from_yaml
 from .states import WORKER_LOST
 
 __all__ = ["Job", "Outcome", "Executor", "EvaluatorFactory", "ExecutorError", "SerialExecutor", "RayExecutor", "make_executor",
-           "run_job"]
+           "run_all", "run_job"]
 
 log = logging.getLogger(__name__)
 
@@ -293,6 +293,16 @@ class RayExecutor:
 def _first_line(err: BaseException) -> str:
     text = str(err).strip()
     return text.splitlines()[0] if text else type(err).__name__
+
+
+def run_all(executor: Executor, jobs: Iterable[Job], poll: float = 5.0) -> Iterator[Outcome]:
+    """Every job on ``executor``, its slots kept busy; outcomes in the order they finish. ``poll`` bounds the
+    wait between outcomes, so a caller's progress display stays live."""
+    pending = deque(jobs)
+    while pending or executor.in_flight:
+        while pending and executor.in_flight < executor.slots:
+            executor.submit(pending.popleft())
+        yield from executor.wait(timeout=poll)
 
 
 def make_executor(cfg: Mapping[str, Any], factory: EvaluatorFactory = Evaluator) -> Executor:

@@ -25,7 +25,6 @@ import logging
 import os
 import statistics
 import sys
-from collections import deque
 from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
@@ -40,7 +39,7 @@ from evaluator.evaluate import EvalRecord, Evaluator, Status, derive_seed
 from .command import RESOURCE_ERRORS, USAGE_ERRORS, report_error, setup_logging
 from .config import load_config
 from .driver import prepare_data
-from .executor import EvaluatorFactory, Job, Outcome, make_executor
+from .executor import EvaluatorFactory, Job, Outcome, make_executor, run_all
 from .journal import CandidateRow
 from .leaderboard import leaderboard, spearman
 from .plots import RerankPoint, plot_rerank
@@ -158,18 +157,13 @@ def _select(view: RunView, top: int) -> list[tuple[CandidateRow, Optional[int]]]
 
 
 def _evaluate(executor, jobs: Sequence[Job], progress: bool) -> Iterator[Outcome]:
-    """Run every job on ``executor``, keeping its slots busy; outcomes in the order they finish."""
-    pending = deque(jobs)
     failed = 0
     with tqdm(total=len(jobs), desc="rerank", unit="eval", disable=not progress, dynamic_ncols=True) as bar:
-        while pending or executor.in_flight:
-            while pending and executor.in_flight < executor.slots:
-                executor.submit(pending.popleft())
-            for outcome in executor.wait(timeout=POLL_SECONDS):
-                failed += outcome.record.status is not Status.OK
-                bar.set_postfix_str(f"not ok {failed}", refresh=False)
-                bar.update(1)
-                yield outcome
+        for outcome in run_all(executor, jobs, POLL_SECONDS):
+            failed += outcome.record.status is not Status.OK
+            bar.set_postfix_str(f"not ok {failed}", refresh=False)
+            bar.update(1)
+            yield outcome
 
 
 def rerank(run_dir: str | os.PathLike, top: int = 10, seeds: int = 3, steps: Optional[int] = None,
