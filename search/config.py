@@ -40,6 +40,8 @@ SEARCH_DEFAULTS: dict[str, Any] = {
         "mutation": "paper",        # paper (any node redrawn) | structural (live nodes, insertions)
         "mutation_nodes": 1,        # mutations per child (the paper: 1)
         "common_random_numbers": False,  # every candidate trains with the same initialisation and data order
+        "stages": 1,                # progressive hurdles (search/hurdles.py): the most stages a candidate trains
+        "hurdle": 0.5,              # ...the population's quantile its mean accuracy must reach for the next one
         "ops": ["paper"],           # op names and/or op sets: paper (all), s_series (no batch statistics)
         "seeds": [],                # seed graphs (evonorm_b0 ... evonorm_s2) that open the initial population
         "references": ["bn_relu", "evonorm_s0"],  # evaluated in the run for comparison; never population members
@@ -84,6 +86,8 @@ SEARCH_CHECKS: dict[str, tuple[Any, str]] = {
     "search.prior": (lambda v: v in PRIORS, " or ".join(PRIORS)),
     "search.mutation": (lambda v: v in OPERATORS, " or ".join(OPERATORS)),
     "search.mutation_nodes": (lambda v: v >= 1, "at least 1"),
+    "search.stages": (lambda v: v >= 1, "at least 1 (1: no hurdles)"),
+    "search.hurdle": (lambda v: 0.0 <= v <= 1.0, "a quantile between 0 and 1 (0.5: the population's median)"),
     "search.ops": (lambda v: bool(v) and all(_is_op_or_set(n) for n in v),
                    f"a non-empty list of op names or op sets {list(OP_SETS)}"),
     "search.seeds": (_names_in(seed_graphs.names()), f"a list of distinct seed names from {seed_graphs.names()}"),

@@ -27,7 +27,7 @@ from tqdm.contrib.logging import logging_redirect_tqdm
 
 from evaluator.config import dump_config
 from evaluator.data import check_val_size, read_cifar10
-from evaluator.evaluate import Evaluator
+from evaluator.evaluate import Evaluator, Status
 from evaluator.fingerprint import fingerprint
 from evaluator.models import norm_options
 from primitives import seeds as seed_graphs
@@ -35,6 +35,7 @@ from primitives import LayerGraph, graph_to_yaml
 
 from .config import check_resume_overrides, load_config
 from .executor import EvaluatorFactory, Executor, Job, Outcome, make_executor
+from .hurdles import clears_hurdle, combine_stages
 from .journal import CandidateRow, Journal
 from .states import Role, State
 from .results import CONFIG_FILE, RunResult, best_candidate, describe_fitness, summarize, wall_time
@@ -140,7 +141,8 @@ class _Driver:
         self.executor = executor
         self.started = started
         self.stop: Optional[str] = None
-        self.backlog: deque[Job] = deque()   # journaled but not yet dispatched (resumed work)
+        self.backlog: deque[Job] = deque()   # journaled but not yet dispatched (resumed work, next stages)
+        self.num_stages: int = cfg["search"]["stages"]
         self.waiting: dict[int, list[int]] = {}  # running original -> duplicates waiting for its result
         rows = journal.rows()
         search_rows = [r for r in rows if not r.is_reference]
@@ -186,8 +188,10 @@ class _Driver:
         self._restart(row, duplicate_of=None)
 
     def _restart(self, row: CandidateRow, **changes: Any) -> None:
+        """Evaluate ``row`` again, from the stage after the last one that cleared its hurdle."""
         self.journal.mark_running(row.id, **changes)
-        self.backlog.append(Job.of(row.id, self._eval_seed(row.id), row.graph_yaml, row.name))
+        stage = 1 + len(self.journal.stages(row.id)) if self.num_stages > 1 else 1
+        self.backlog.append(Job.of(row.id, self._eval_seed(row.id, stage), row.graph_yaml, row.name))
 
     # --- the loop -------------------------------------------------------------------------------------
     def loop(self) -> str:
@@ -293,8 +297,8 @@ class _Driver:
             batch_dependent=graph.uses_batch_stats if graph is not None else None,
             eval_seed=self._eval_seed(candidate_id), **columns)
 
-    def _eval_seed(self, candidate_id: int) -> int:
-        return evaluation_seed(self.cfg["seed"], candidate_id, self.budget["common_random_numbers"])
+    def _eval_seed(self, candidate_id: int, stage: int = 1) -> int:
+        return evaluation_seed(self.cfg["seed"], candidate_id, self.budget["common_random_numbers"], stage)
 
     def _job(self, candidate_id: int, graph: Optional[LayerGraph], name: Optional[str]) -> Job:
         return Job.of(candidate_id, self._eval_seed(candidate_id),
@@ -308,13 +312,34 @@ class _Driver:
     # --- recording results ----------------------------------------------------------------------------
     def _finish(self, outcome: Outcome) -> None:
         cid = outcome.job.candidate_id
-        row = self.journal.record_result(cid, outcome.record, outcome.worker, outcome.attempts)
+        if self.num_stages > 1 and not self.journal.row(cid).is_reference:
+            row = self._finish_stage(outcome)
+            if row is None:
+                return
+        else:
+            row = self.journal.record_result(cid, outcome.record, outcome.worker, outcome.attempts)
         self._tell(row)
         for waiting in self.waiting.pop(cid, []):
             if row.status.reusable:
                 self._answer_duplicate(waiting, row)
             else:
                 self._evaluate_instead(self.journal.row(waiting))
+
+    def _finish_stage(self, outcome: Outcome) -> Optional[CandidateRow]:
+        """Journal a stage: queue the next one if it cleared the hurdle (None), else record the result over
+        the stages (the row)."""
+        job, record = outcome.job, outcome.record
+        earlier = [s.record for s in self.journal.stages(job.candidate_id)]
+        stage = len(earlier) + 1
+        so_far = combine_stages([*earlier, record])
+        if (stage < self.num_stages and so_far.status is Status.OK
+                and clears_hurdle(so_far.fitness, self.algorithm.population, self.budget["hurdle"])):
+            self.journal.record_stage(job.candidate_id, stage, job.seed, record, outcome.worker)
+            self.backlog.append(Job.of(job.candidate_id, self._eval_seed(job.candidate_id, stage + 1),
+                                       job.graph_yaml, job.name))
+            return None
+        return self.journal.record_result(job.candidate_id, so_far, outcome.worker, outcome.attempts,
+                                          last_stage=(stage, job.seed, record))
 
     def _answer_duplicate(self, candidate_id: int, original: CandidateRow) -> None:
         self._tell(self.journal.mark_duplicate(candidate_id, original))

@@ -37,17 +37,18 @@ def main(argv: list[str] | None = None) -> int:
         return report_error(err)
     entries = leaderboard(view.candidates(), top=args.top)
     summary = view.summary()
+    stages = view.stages_reached()
     if args.json:
         print(json.dumps({"run_dir": str(view.run_dir), "summary": summary.__dict__
                           | {"dedup_hit_rate": summary.dedup_hit_rate,
                              "evaluations_per_hour": summary.evaluations_per_hour},
-                          "top": [e.as_dict() for e in entries]}, indent=2))
+                          "top": [e.as_dict() | {"stage": stages.get(e.row.id, 1)} for e in entries]}, indent=2))
     else:
         print(f"run {view.run_dir} ({view.config['search']['algorithm']})")
         for line in summary.lines():
             print(f"  {line}")
         print()
-        print(table(entries, list(view.config["model"]["archs"])))
+        print(table(entries, list(view.config["model"]["archs"]), stages=stages))
     if args.plots:
         plots = write_plots(view, entries, compare, args.archs)
         report = write_report(view, entries, plots, saved_sections(view.run_dir))

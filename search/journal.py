@@ -7,6 +7,9 @@ Storage only, no algorithm. Tables:
   through its states (``search.states.State``) by the named transitions below. ``reason`` is why it ended
   as it did (for a duplicate, the original's reason). ``told_seq`` numbers results in the order the algorithm
   received them: replaying them in that order rebuilds the algorithm's state.
+* ``stages``: with progressive hurdles (``search.stages``), one row per stage a candidate trained, with
+  that stage's verdict and whether it cleared the hurdle (``advanced``); the candidate's own row holds the
+  result over its stages. Journals written before hurdles existed get the table when opened for writing.
 * ``sessions``: one row per start or resume of the driver, for wall time and throughput.
 
 The database runs in WAL mode with full sync, so a reader (``search.inspect``) can follow a live run and a
@@ -27,7 +30,7 @@ from primitives import LayerGraph, graph_from_yaml
 
 from .states import ABANDONED, JOURNAL_REASONS, Role, State
 
-__all__ = ["SCHEMA_VERSION", "JOURNAL_FILE", "JournalError", "CandidateRow", "Session", "Journal"]
+__all__ = ["SCHEMA_VERSION", "JOURNAL_FILE", "JournalError", "CandidateRow", "StageRow", "Session", "Journal"]
 
 SCHEMA_VERSION = 1
 JOURNAL_FILE = "search.sqlite"
@@ -68,6 +71,17 @@ CREATE TABLE sessions (
     ended_at REAL,
     stop_reason TEXT,
     host TEXT
+);
+"""
+_STAGES_SCHEMA = """
+CREATE TABLE IF NOT EXISTS stages (
+    candidate_id INTEGER NOT NULL REFERENCES candidates(id),
+    stage INTEGER NOT NULL,
+    seed INTEGER NOT NULL,
+    record_json TEXT NOT NULL,
+    worker TEXT,
+    advanced INTEGER NOT NULL,
+    PRIMARY KEY (candidate_id, stage)
 );
 """
 
@@ -134,6 +148,19 @@ class CandidateRow:
 
 
 @dataclass(frozen=True)
+class StageRow:
+    """One stage a candidate trained: ``record`` is that stage's result, ``advanced`` whether it cleared
+    the hurdle (so the candidate trained the next stage)."""
+
+    candidate_id: int
+    stage: int
+    seed: int
+    record: EvalRecord
+    worker: Optional[str]
+    advanced: bool
+
+
+@dataclass(frozen=True)
 class Session:
     id: int
     started_at: float
@@ -179,6 +206,11 @@ def _encode(columns: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+def _stage_values(candidate_id: int, stage: int, seed: int, record: EvalRecord, worker: str,
+                  advanced: bool) -> tuple:
+    return candidate_id, stage, seed, json.dumps(record.to_dict(), sort_keys=True), worker, int(advanced)
+
+
 _REUSABLE_OR_RUNNING = ", ".join(f"'{s}'" for s in State if s.reusable or s is State.RUNNING)
 
 
@@ -202,7 +234,7 @@ class Journal:
         conn.execute("PRAGMA journal_mode=WAL")
         conn.execute("PRAGMA synchronous=FULL")
         with conn:
-            conn.executescript(_SCHEMA)
+            conn.executescript(_SCHEMA + _STAGES_SCHEMA)
             rows = {"schema_version": SCHEMA_VERSION, "created_at": time.time(), **meta}
             conn.executemany("INSERT INTO meta VALUES (?, ?)", [(k, json.dumps(v)) for k, v in rows.items()])
         return cls(path, conn, readonly=False)
@@ -229,6 +261,9 @@ class Journal:
             conn.close()
             raise JournalError(f"{path} has journal schema version {found}, but this program reads version "
                                f"{SCHEMA_VERSION}; open it with the version of this package that wrote it")
+        if not readonly:
+            with conn:
+                conn.executescript(_STAGES_SCHEMA)
         return journal
 
     def close(self) -> None:
@@ -266,6 +301,19 @@ class Journal:
         ).fetchone()
         return _row(found) if found is not None else None
 
+    def stages(self, candidate_id: Optional[int] = None) -> list[StageRow]:
+        """The stages trained, by candidate and stage (one candidate's with ``candidate_id``)."""
+        if not self._has_stages():
+            return []
+        where, params = ("WHERE candidate_id = ?", (candidate_id,)) if candidate_id is not None else ("", ())
+        return [StageRow(r["candidate_id"], r["stage"], r["seed"], EvalRecord.from_dict(json.loads(r["record_json"])),
+                         r["worker"], bool(r["advanced"]))
+                for r in self._conn.execute(f"SELECT * FROM stages {where} ORDER BY candidate_id, stage", params)]
+
+    def _has_stages(self) -> bool:  # a journal from before hurdles, opened read-only, has no such table
+        return self._conn.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'stages'").fetchone() \
+            is not None
+
     def next_told_seq(self) -> int:
         return self._conn.execute("SELECT COALESCE(MAX(told_seq), 0) + 1 FROM candidates").fetchone()[0]
 
@@ -284,12 +332,20 @@ class Journal:
         self._write(f"INSERT INTO candidates ({', '.join(cols)}) VALUES ({', '.join('?' * len(cols))})",
                     cols.values())
 
-    def _update(self, candidate_id: int, **columns: Any) -> None:
+    def _update(self, candidate_id: int, *, stage: Optional[tuple] = None, **columns: Any) -> None:
+        """Update a candidate's columns; with ``stage`` (a ``stages`` row's values), insert that row in the
+        same transaction."""
+        if self.readonly:
+            raise JournalError(f"{self.path} was opened read-only")
         cols = _encode(columns)
-        cursor = self._write(f"UPDATE candidates SET {', '.join(f'{k} = ?' for k in cols)} WHERE id = ?",
-                             [*cols.values(), candidate_id])
-        if cursor.rowcount != 1:
-            raise JournalError(f"{self.path} has no candidate {candidate_id} to update")
+        with self._conn:
+            if stage is not None:
+                self._conn.execute("INSERT INTO stages (candidate_id, stage, seed, record_json, worker, advanced) "
+                                   "VALUES (?, ?, ?, ?, ?, ?)", stage)
+            cursor = self._conn.execute(f"UPDATE candidates SET {', '.join(f'{k} = ?' for k in cols)} WHERE id = ?",
+                                        [*cols.values(), candidate_id])
+            if cursor.rowcount != 1:
+                raise JournalError(f"{self.path} has no candidate {candidate_id} to update")
 
     # The transitions: every change of a candidate's state is one of these.
     def propose(self, candidate_id: int, role: Role, **columns: Any) -> None:
@@ -305,10 +361,20 @@ class Journal:
         ``duplicate_of=None`` for a duplicate that must be evaluated itself."""
         self._update(candidate_id, status=State.RUNNING, reason=None, detail=None, finished_at=None, **changes)
 
-    def record_result(self, candidate_id: int, record: EvalRecord, worker: str, attempts: int) -> CandidateRow:
-        """The evaluator's result, told to the algorithm next; the row as it now stands."""
+    def record_stage(self, candidate_id: int, stage: int, seed: int, record: EvalRecord, worker: str) -> None:
+        """A stage that cleared the hurdle: the candidate keeps running, to train stage ``stage + 1``."""
+        self._update(candidate_id, stage=_stage_values(candidate_id, stage, seed, record, worker, True),
+                     worker=worker)
+
+    def record_result(self, candidate_id: int, record: EvalRecord, worker: str, attempts: int,
+                      last_stage: Optional[tuple[int, int, EvalRecord]] = None) -> CandidateRow:
+        """The evaluator's result, told to the algorithm next; the row as it now stands. With hurdles,
+        ``record`` is the result over the stages and ``last_stage`` (stage, seed, record) the final one,
+        journaled in the same transaction."""
         row = self.row(candidate_id)
-        self._update(candidate_id, status=State(record.status.value), reason=record.reason, detail=record.detail,
+        stage = _stage_values(candidate_id, *last_stage, worker, False) if last_stage is not None else None
+        self._update(candidate_id, stage=stage, status=State(record.status.value), reason=record.reason,
+                     detail=record.detail,
                      fitness=record.fitness or None, test_accuracy=record.test_accuracy or None,
                      steps=record.steps, wall_time=record.wall_time,
                      fingerprint=row.fingerprint or record.fingerprint, worker=worker, attempts=attempts,

@@ -36,13 +36,17 @@ def label(row: CandidateRow) -> str:
     return row.formula or row.name or "-"
 
 
-def table(entries: Sequence[Entry], archs: Sequence[str], markdown: bool = False) -> str:
-    """The top candidates as a text (or Markdown) table."""
-    head = ["rank", "front", "id", "hash", *archs, "mean", "batch", "parent", "found", "formula"]
+def table(entries: Sequence[Entry], archs: Sequence[str], markdown: bool = False,
+          stages: Optional[Mapping[int, int]] = None) -> str:
+    """The top candidates as a text (or Markdown) table; with ``stages`` (a run with hurdles: candidate id
+    -> stages trained), a column of the stage each reached."""
+    head = ["rank", "front", "id", *(["stage"] if stages else []), "hash", *archs, "mean", "batch", "parent",
+            "found", "formula"]
     rows = []
     for e in entries:
         r = e.row
-        rows.append([str(e.rank), str(e.pareto_rank), str(r.id), r.structural_hash or "-",
+        rows.append([str(e.rank), str(e.pareto_rank), str(r.id), *([str(stages.get(r.id, 1))] if stages else []),
+                     r.structural_hash or "-",
                      *_fitness_cells(e, archs), f"{r.mean_fitness:.3f}",
                      {True: "yes", False: "no", None: "-"}[r.batch_dependent],
                      str(r.parent_id) if r.parent_id is not None else "-", str(e.found), label(r)])
@@ -120,7 +124,7 @@ def write_report(view: RunView, entries: Sequence[Entry], plots: dict[str, Path]
             status = f"{r.status} ({r.reason})" if r.reason else r.status
             lines.append(f"| {name} | {status} | " + " | ".join(cells) + f" | {mean} | {ranked.get(r.id, '-')} |")
     lines += ["", f"## Top {len(entries)} (Pareto rank, then mean validation accuracy)", "",
-              table(entries, _archs(view), markdown=True), ""]
+              table(entries, _archs(view), markdown=True, stages=view.stages_reached()), ""]
     for key, title in (("progress", "Search progress"), ("pareto", "Pareto front of the final population")):
         if key in plots:
             lines += [f"## {title}", "", f"![{title}](plots/{plots[key].name})", ""]

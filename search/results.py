@@ -160,6 +160,10 @@ class RunView:
     def best(self) -> Optional[CandidateRow]:
         return best_candidate(self.candidates())
 
+    def stages_reached(self) -> dict[int, int]:
+        """Candidate id -> the stages it trained, for a run with hurdles (empty without)."""
+        return dict(Counter(s.candidate_id for s in self.journal.stages()))
+
     def references(self) -> dict[str, CandidateRow]:
         return {r.name: r for r in self.candidates() if r.is_reference}
 

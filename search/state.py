@@ -75,7 +75,10 @@ def proposal_rng(run_seed: int, candidate_id: int) -> random.Random:
     return random.Random(_digest(run_seed, "propose", candidate_id))
 
 
-def evaluation_seed(run_seed: int, candidate_id: int, common: bool = False) -> int:
-    """The seed the evaluator trains candidate ``candidate_id`` with (31 bits). With ``common`` (common random
-    numbers) every candidate of the run gets the same one: the same initialisation and data order."""
-    return int.from_bytes(_digest(run_seed, "evaluate", "common" if common else candidate_id)[:4], "big") >> 1
+def evaluation_seed(run_seed: int, candidate_id: int, common: bool = False, stage: int = 1) -> int:
+    """The seed the evaluator trains candidate ``candidate_id`` with (31 bits) in its ``stage``-th stage (see
+    ``search.hurdles``). With ``common`` (common random numbers) every candidate of the run gets the same one
+    per stage: the same initialisation and data order."""
+    extra = () if stage == 1 else (f"stage {stage}",)
+    return int.from_bytes(_digest(run_seed, "evaluate", "common" if common else candidate_id, *extra)[:4],
+                          "big") >> 1

@@ -47,8 +47,10 @@ def tiny_real_config(*overrides: str) -> dict:
 class FakeEvaluator:
     """Fitness and verdict derived from the fingerprint: about a third rejected, some for free."""
 
-    def __init__(self, cfg, sleep: float = 0.0, crash_marker: str | None = None, interrupt_at: int | None = None):
+    def __init__(self, cfg, sleep: float = 0.0, crash_marker: str | None = None, interrupt_at: int | None = None,
+                 noise: float = 0.0):
         self.cfg = cfg
+        self.noise = noise  # the spread of a seed-dependent term, so that another seed scores otherwise
         self.sleep = sleep
         self.crash_marker = crash_marker
         self.interrupt_at = interrupt_at
@@ -73,7 +75,8 @@ class FakeEvaluator:
             return EvalRecord.for_reason("prefilter_constant", "fake", fingerprint=fp)
         if h % 6 == 1:
             return EvalRecord.for_reason("quality", "fake", fingerprint=fp, steps=10)
-        fitness = {a: ((h >> (8 * i)) % 997) / 997 for i, a in enumerate(archs)}
+        jitter = self.noise * ((seed * 2654435761 % 1000) / 1000 - 0.5)
+        fitness = {a: ((h >> (8 * i)) % 997) / 997 + jitter for i, a in enumerate(archs)}
         return EvalRecord("ok", fitness=fitness, steps=30 * len(archs), fingerprint=fp)
 
 
