@@ -17,7 +17,7 @@ resumes the same way.
 ``fidelity.png`` (fidelity against cost), printing the table as Markdown. A layer's score is its mean over
 architectures and seeds; an evaluation that did not pass (rejected, failed) scores chance, so such layers
 rank last. A proxy of k seeds is the mean of k of its seeds' scores: every k-subset of the seeds measured is
-scored and the table gives their mean. Its cost is the mean core-seconds (one thread) per panel evaluation,
+scored and the table gives their mean, with a 90% interval from resampling the panel's layers. Its cost is the mean core-seconds (one thread) per panel evaluation,
 times k. The ground truth's own noise sets a ceiling: the row ``truth (seed vs seed)`` ranks the panel with
 one truth seed against the other.
 """
@@ -34,6 +34,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional, Sequence
 
+import numpy as np
 import yaml
 
 from evaluator.data import read_cifar10
@@ -54,6 +55,7 @@ PROXIES_CSV = "proxies.csv"
 FIDELITY_CSV = "fidelity.csv"
 FIDELITY_PNG = "fidelity.png"
 CHANCE = 0.10  # the score of an evaluation that did not pass: ten classes
+BOOTSTRAP_DRAWS = 1000  # resamples of the panel's layers for a Spearman's interval
 FIELDS = ("proxy", "layer", "seed_index", "seed", "arch", "score", "status", "reason", "steps", "wall_time",
           "train_images", "setting")
 
@@ -182,20 +184,28 @@ def _complete_seeds(scores: Scores, layers: Sequence[str]) -> list[int]:
     return sorted(set.intersection(*(set(scores.get(layer, {})) for layer in layers)))
 
 
-def fidelity(truth: Scores, proxy: Scores, k: int) -> Optional[tuple[float, float]]:
+def fidelity(truth: Scores, proxy: Scores, k: int, draws: int = 0) -> Optional[tuple[float, float, tuple]]:
     """Mean Spearman and Kendall of a k-seed proxy against the ground truth (every seed of it) over the
-    layers both hold, averaged over every k-subset of the proxy's seeds; None if it has fewer than k."""
+    layers both hold, averaged over every k-subset of the proxy's seeds, and a 90% interval of that
+    Spearman from ``draws`` bootstrap resamples of the layers ((nan, nan) without); None if the proxy has
+    fewer than k seeds."""
     layers = sorted(set(truth) & set(proxy))
     seeds = _complete_seeds(proxy, layers)
     if len(layers) < 3 or len(seeds) < k:
         return None
-    target = [statistics.mean(truth[layer].values()) for layer in layers]
-    rhos, taus = [], []
-    for subset in itertools.combinations(seeds, k):
-        guess = [statistics.mean(proxy[layer][i] for i in subset) for layer in layers]
-        rhos.append(spearman(guess, target) or 0.0)
-        taus.append(kendall(guess, target) or 0.0)
-    return statistics.mean(rhos), statistics.mean(taus)
+    target = np.array([statistics.mean(truth[layer].values()) for layer in layers])
+    guesses = [np.array([statistics.mean(proxy[layer][i] for i in subset) for layer in layers])
+               for subset in itertools.combinations(seeds, k)]
+
+    def rho(pick) -> float:
+        return statistics.mean(spearman(g[pick], target[pick]) or 0.0 for g in guesses)
+
+    everything = np.arange(len(layers))
+    tau = statistics.mean(kendall(g, target) or 0.0 for g in guesses)
+    rng = np.random.default_rng(0)
+    boot = [rho(rng.integers(0, len(layers), len(layers))) for _ in range(draws)]
+    interval = tuple(np.quantile(boot, [0.05, 0.95])) if boot else (math.nan, math.nan)
+    return rho(everything), tau, interval
 
 
 def fidelity_rows(truth: Scores, proxies: dict[str, tuple[Scores, float]], truth_seconds: float) -> list[dict]:
@@ -207,22 +217,31 @@ def fidelity_rows(truth: Scores, proxies: dict[str, tuple[Scores, float]], truth
         a, b = truth_seeds[:2]
         x, y = [truth[layer][a] for layer in layers], [truth[layer][b] for layer in layers]
         rows.append({"proxy": "truth (seed vs seed)", "seeds": 1, "layers": len(layers),
-                     "spearman": round(spearman(x, y) or 0.0, 3), "kendall": round(kendall(x, y) or 0.0, 3),
+                     "spearman": round(spearman(x, y) or 0.0, 3), "spearman_5": "", "spearman_95": "",
+                     "kendall": round(kendall(x, y) or 0.0, 3),
                      "core_seconds": round(truth_seconds, 1), "setting": "one truth seed against another"})
     for name, (scores, seconds) in proxies.items():
-        for k in range(1, 1 + len(_complete_seeds(scores, sorted(set(truth) & set(scores))))):
-            result = fidelity(truth, scores, k)
+        if set(truth) - set(scores):  # still being measured: a partial panel is not comparable
+            print(f"{name}: {len(set(truth) - set(scores))} of the panel's layers not measured yet; left out",
+                  file=sys.stderr)
+            continue
+        for k in range(1, 1 + len(_complete_seeds(scores, layers))):
+            result = fidelity(truth, scores, k, draws=BOOTSTRAP_DRAWS)
             if result is not None:
                 rows.append({"proxy": name, "seeds": k, "layers": len(set(truth) & set(scores)),
-                             "spearman": round(result[0], 3), "kendall": round(result[1], 3),
+                             "spearman": round(result[0], 3), "spearman_5": round(result[2][0], 3),
+                             "spearman_95": round(result[2][1], 3), "kendall": round(result[1], 3),
                              "core_seconds": round(k * seconds, 1), "setting": ""})
     return rows
 
 
 def markdown(rows: Sequence[dict]) -> str:
-    lines = ["| proxy | seeds | layers | Spearman | Kendall | core-s per layer |", "|---|---:|---:|---:|---:|---:|"]
-    lines += [f"| {r['proxy']} | {r['seeds']} | {r['layers']} | {r['spearman']:+.2f} | {r['kendall']:+.2f} | "
-              f"{r['core_seconds']:.0f} |" for r in rows]
+    lines = ["| proxy | seeds | layers | Spearman (90% interval) | Kendall | core-s per layer |",
+             "|---|---:|---:|---:|---:|---:|"]
+    for r in rows:
+        spread = f" ({r['spearman_5']:+.2f} to {r['spearman_95']:+.2f})" if r["spearman_5"] != "" else ""
+        lines.append(f"| {r['proxy']} | {r['seeds']} | {r['layers']} | {r['spearman']:+.2f}{spread} | "
+                     f"{r['kendall']:+.2f} | {r['core_seconds']:.0f} |")
     return "\n".join(lines)
 
 

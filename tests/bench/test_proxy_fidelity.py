@@ -59,8 +59,8 @@ def test_fidelity_averages_every_k_subset_of_the_proxy_seeds():
     truth = {"a": {0: 0.6, 1: 0.6}, "b": {0: 0.5, 1: 0.5}, "c": {0: 0.4, 1: 0.4}}
     # seed 0 ranks a > b > c (rho 1); seed 1 ranks c > b > a (rho -1); their mean ties a and c with b between
     proxy = {"a": {0: 0.3, 1: 0.1}, "b": {0: 0.2, 1: 0.2}, "c": {0: 0.1, 1: 0.3}}
-    assert fidelity(truth, proxy, 1) == pytest.approx((0.0, 0.0))
-    rho, tau = fidelity(truth, proxy, 2)
+    assert fidelity(truth, proxy, 1)[:2] == pytest.approx((0.0, 0.0))
+    rho, tau, interval = fidelity(truth, proxy, 2)
     assert rho == 0.0 and tau == 0.0  # a constant guess correlates with nothing
     assert fidelity(truth, proxy, 3) is None
     proxy["c"][1] = 0.05  # now seed 1 ranks b > a > c
