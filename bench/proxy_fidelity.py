@@ -266,7 +266,7 @@ def plot_fidelity(rows: Sequence[dict], path: Path) -> Path:
     ax.set_ylabel("Spearman against the ground truth")
     ax.set_title("Proxy fidelity on the panel", fontsize=10)
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=7, loc="lower right")
+    ax.legend(fontsize=7, loc="best")
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
