@@ -3,7 +3,7 @@ protocols switched off (the paper's ablation): the best mean validation accuracy
 training steps spent and against the candidates evaluated.
 
     EVONORM_DATA=/path/to/data python bench/evo_vs_random.py [--config configs/quick.yaml]
-        [--max-steps 12000] [--seeds 0,1,2] [--variants evolution,random,evolution_no_rejection]
+        [--max-steps 12000] [--seeds 0,1,2] [--variants evolution,random,evolution_no_rejection,evolution_hurdles]
         [--seed-graphs evonorm_s0] [--runs runs/evo_vs_random] [--set key=value ...]
 
 Variants, all from the same base config and evaluator:
@@ -11,7 +11,9 @@ Variants, all from the same base config and evaluator:
 * ``evolution``: the config's aging evolution;
 * ``random``: independent random graphs of the same size and op set;
 * ``evolution_no_rejection``: evolution with the pre-rejection, the stability check and the quality check all
-  off, so every candidate that does not blow up trains to the end (Liu et al. 2020, the rejection ablation).
+  off, so every candidate that does not blow up trains to the end (Liu et al. 2020, the rejection ablation);
+* ``evolution_hurdles``: evolution with two progressive stages (``search.stages: 2``): a candidate at or above
+  the population's median trains once more with another seed, and its fitness is the mean of both.
 
 Liu et al. report that evolution is far more sample-efficient than random search, and that without rejection
 the search wastes its budget on bad layers. The budget is counted in training steps (``search.max_steps``,
@@ -61,6 +63,7 @@ VARIANTS: dict[str, list[str]] = {
     "random": ["search.algorithm=random"],
     "evolution_no_rejection": ["search.algorithm=evolution", "prefilter.enabled=false", "quality.enabled=false",
                                "stability.enabled=false"],
+    "evolution_hurdles": ["search.algorithm=evolution", "search.stages=2", "search.hurdle=0.5"],
 }
 CHANCE = 0.10  # CIFAR-10: what a layer whose output ignores the image scores
 POINTS = 200   # grid points of a mean curve
