@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import sys
 
+from evaluator.config import quality_step
 from primitives.classify import layer_class
 from search import open_run
 from search.report import write_csv
@@ -24,7 +25,7 @@ FAILED_AFTER_QUALITY = ("nonfinite", "timeout", "exception")
 def funnel(run_dir: str) -> dict:
     with open_run(run_dir) as view:
         rows, cfg, sessions = view.candidates(), view.config, view.sessions()
-    quality_steps = cfg["quality"]["steps"] * len(cfg["model"]["archs"])
+    quality_steps = quality_step(cfg) * len(cfg["model"]["archs"])
     evaluated = [r for r in rows if r.role != "reference" and r.duplicate_of is None and r.finished]
     ok = [r for r in evaluated if r.status == "ok"]
     past = [r for r in evaluated if r.status == "ok" or (r.reason in FAILED_AFTER_QUALITY and r.steps > quality_steps)]

@@ -65,7 +65,9 @@ DEFAULTS: dict[str, Any] = {
         "test": False,            # also report test-batch accuracy (final reporting only)
     },
     "prefilter": {"enabled": True},
-    "quality": {"enabled": True, "steps": 100, "min_accuracy": 0.20},
+    # steps: a number of steps (the paper's 100), or below 1 a fraction of train.steps, so that the check keeps
+    # its place in the schedule when train.steps changes
+    "quality": {"enabled": True, "steps": 100.0, "min_accuracy": 0.20},
     # worst-case gradient norm: `ascent_steps` steps of gradient ascent on the weights, each moving them by
     # `ascent_lr` times their norm, towards a larger norm of the loss gradient
     "stability": {"enabled": True, "max_grad_norm": 1.0e8, "ascent_steps": 3, "ascent_lr": 0.05,
@@ -105,7 +107,8 @@ CHECKS: dict[str, tuple[Callable[[Any], bool], str]] = {
     "train.threads": (_positive, "a positive number of threads"),
     "train.time_limit": (_positive, "positive seconds"),
     "train.device": (lambda v: v in ("auto", "cpu", "cuda"), "auto, cpu or cuda"),
-    "quality.steps": (_positive, "a positive number of steps"),
+    "quality.steps": (lambda v: 0 < v < 1 or (v >= 1 and v == int(v)),
+                      "a whole number of steps, or a fraction of train.steps between 0 and 1"),
     "quality.min_accuracy": (lambda v: 0.0 <= v <= 1.0, "an accuracy in [0, 1]"),
     "stability.max_grad_norm": (_positive, "positive"),
     "stability.ascent_steps": (_positive, "a positive number of steps"),
@@ -248,6 +251,12 @@ def load_config(path: str | os.PathLike | None = None, overrides: Iterable[str] 
 
 def dump_config(cfg: Mapping[str, Any]) -> str:
     return yaml.safe_dump(dict(cfg), sort_keys=False)
+
+
+def quality_step(cfg: Mapping[str, Any]) -> int:
+    """The training step at which the quality check reads validation accuracy (at least 1)."""
+    steps = cfg["quality"]["steps"]
+    return max(1, round(steps * cfg["train"]["steps"])) if steps < 1 else int(steps)
 
 
 def check_scoring(cfg: Mapping[str, Any]) -> None:

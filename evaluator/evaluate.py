@@ -3,7 +3,7 @@
 The order spends as little as possible on bad candidates:
 
 1. fingerprint and pre-rejection on probe inputs (milliseconds);
-2. for each architecture: build the network, run the stability check, train ``quality.steps`` steps and
+2. for each architecture: build the network, run the stability check, train to the quality step (``quality.steps``) and
    reject below ``quality.min_accuracy`` validation accuracy (so a candidate that fails on the second
    architecture has not been trained to the end on the first);
 3. for each architecture: train to ``train.steps``; fitness is the validation accuracy per architecture.
@@ -30,7 +30,7 @@ import torch
 
 from primitives import LayerGraph
 
-from .config import DEFAULTS, check_scoring
+from .config import DEFAULTS, check_scoring, quality_step
 from .data import Dataset, load_dataset
 from .fingerprint import fingerprint
 from .models import Layer, NormActFactory, build_model, layer_name, norm_options, resolve_layer
@@ -196,7 +196,7 @@ class Evaluator:
             if cfg["stability"]["enabled"]:
                 self._check_stability(arch, trainer, seed)
             if quality["enabled"]:
-                trainer.train_to(quality["steps"], deadline)
+                trainer.train_to(quality_step(cfg), deadline)
                 acc = trainer.accuracy()
                 if acc < quality["min_accuracy"]:
                     raise _Rejected("quality", f"{arch}: validation accuracy {acc:.3f} < {quality['min_accuracy']} "

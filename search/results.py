@@ -13,6 +13,8 @@ from typing import Any, Optional, Sequence
 
 import yaml
 
+from evaluator.config import quality_step
+
 from .journal import CandidateRow, Journal, Session
 from .states import State
 from .state import make_algorithm, replay
@@ -114,7 +116,7 @@ def summarize(rows: Sequence[CandidateRow], sessions: Sequence[Session], cfg: di
         running=sum(1 for r in evaluated if r.status is State.RUNNING),
         prefiltered=sum(1 for r in search if r.status is State.REJECTED and (r.reason or "").startswith("prefilter")),
         trained_to_quality=sum(1 for r in evaluated
-                               if r.status.reusable and r.steps >= cfg["quality"]["steps"]),
+                               if r.status.reusable and r.steps >= quality_step(cfg)),
         steps=sum(r.steps for r in search),
         wall_time=wall_time(sessions, rows),
         references=len(rows) - len(search),

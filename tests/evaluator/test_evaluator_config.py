@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from evaluator.config import DEFAULTS, ConfigError, dump_config, load_config, merge
+from evaluator.config import DEFAULTS, ConfigError, dump_config, load_config, merge, quality_step
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -67,3 +67,15 @@ def test_shipped_configs_load_and_round_trip(name, tmp_path):
     cfg = load_config(REPO / "configs" / f"{name}.yaml", foreign_sections=True)
     again = load_config(write(tmp_path, dump_config(cfg)), foreign_sections=True)
     assert again == cfg
+
+
+@pytest.mark.parametrize("steps,train,expected", [(100, 2000, 100), (0.5, 200, 100), (0.5, 800, 400), (0.001, 200, 1)])
+def test_quality_step_is_a_count_or_a_fraction_of_the_schedule(steps, train, expected):
+    cfg = load_config(None, [f"quality.steps={steps}", f"train.steps={train}"])
+    assert quality_step(cfg) == expected
+
+
+@pytest.mark.parametrize("bad", ["0", "-0.5", "1.5", "100.5"])
+def test_quality_steps_refuses_what_is_neither(bad):
+    with pytest.raises(ConfigError, match="quality.steps"):
+        load_config(None, [f"quality.steps={bad}"])
