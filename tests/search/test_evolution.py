@@ -5,7 +5,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from evonorm import seeds
-from primitives import PAPER_OPS, S_SERIES_OPS, get_op, mutate, random_graph, viable
+from primitives import PAPER_OPS, S_SERIES_OPS, get_op, random_graph, viable
 from search.evolution import Evolution, Member, dominates, pareto_front
 from search.random_search import RandomSearch
 
