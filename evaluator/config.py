@@ -236,6 +236,8 @@ def load_config(path: str | os.PathLike | None = None, overrides: Iterable[str] 
                 doc = yaml.safe_load(f) or {}
         except OSError as err:
             raise ConfigError(f"cannot read config file {source!r}: {err.strerror}") from None
+        except UnicodeDecodeError as err:
+            raise ConfigError(f"{source}: not a text file ({err})") from None
         except yaml.YAMLError as err:
             raise ConfigError(f"{source}: not valid YAML ({err})") from None
     if not isinstance(doc, dict):

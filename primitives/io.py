@@ -13,6 +13,7 @@ A malformed file raises ``GraphFormatError`` naming the file and the problem, ne
 """
 from __future__ import annotations
 
+import math
 import os
 from typing import Any
 
@@ -35,7 +36,8 @@ def graph_from_dict(doc: Any, source: str = "graph") -> LayerGraph:
         raise GraphFormatError(f"{source}: expected a mapping with a 'nodes' list, got {type(doc).__name__}")
     unknown = set(doc) - {"format", "name", "formula", "nodes"}
     if unknown:
-        raise GraphFormatError(f"{source}: unknown key(s) {sorted(unknown)}; expected format, name, formula, nodes")
+        raise GraphFormatError(f"{source}: unknown key(s) {sorted(unknown, key=str)}; "  # keys of any type
+                               "expected format, name, formula, nodes")
     if doc.get("format", FORMAT_VERSION) != FORMAT_VERSION:
         raise GraphFormatError(f"{source}: graph format {doc['format']!r} is not supported (expected {FORMAT_VERSION})")
     nodes = doc.get("nodes")
@@ -60,9 +62,8 @@ def graph_to_yaml(graph: LayerGraph) -> str:
     doc = graph.to_dict()
     nodes = doc.pop("nodes")
     head = yaml.safe_dump(doc, sort_keys=False, width=1000)
-    body = "".join(
-        f"- {{id: {n['id']}, op: {n['op']}, inputs: [{', '.join(n['inputs'])}]}}\n" for n in nodes
-    )
+    # one flow mapping per node, ``- {id: n1, op: mul, inputs: [v1, x]}``, ids quoted where YAML needs it
+    body = "".join("- " + yaml.safe_dump(n, default_flow_style=True, sort_keys=False, width=math.inf) for n in nodes)
     return f"{head}nodes:\n{body}"
 
 
@@ -85,4 +86,6 @@ def load_graph(path: str | os.PathLike) -> LayerGraph:
             text = f.read()
     except OSError as err:
         raise GraphFormatError(f"cannot read graph file {os.fspath(path)!r}: {err.strerror}") from None
+    except UnicodeDecodeError as err:
+        raise GraphFormatError(f"{os.fspath(path)}: not a text file ({err})") from None
     return graph_from_yaml(text, source=os.fspath(path))

@@ -1,8 +1,8 @@
 """The search's command line (``run_search.py``, ``python -m search``, the ``evonorm-search`` script).
 
 Exit status: 0 when the run stopped at a budget, 2 for a bad config or command line (the message names the
-key and the file), 1 when the data or the workers are unusable, 130 when interrupted (with the command
-that resumes the run).
+key and the file), a damaged journal or a run that another driver holds, 1 when the data, the workers or the
+disk are unusable, 130 when interrupted (with the command that resumes the run).
 """
 from __future__ import annotations
 
@@ -27,6 +27,8 @@ def _parser() -> argparse.ArgumentParser:
     start = p.add_mutually_exclusive_group(required=True)
     start.add_argument("--config", help="search config: a YAML file, or the name of a shipped one (quick)")
     start.add_argument("--resume", metavar="RUN_DIR", help="continue the interrupted run in RUN_DIR")
+    p.add_argument("--from-backup", action="store_true",
+                   help="with --resume: resume from the journal's last backup (when the journal is damaged)")
     p.add_argument("--out", metavar="RUN_DIR", help="run directory (default: runs/<algorithm>-<time>)")
     p.add_argument("--address", help="join this Ray cluster (e.g. auto, ray://head:10001) instead of starting one")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
@@ -61,8 +63,10 @@ def main(argv: list[str] | None = None) -> int:
             if args.out:
                 raise ConfigError("--out cannot be combined with --resume (the run stays in its directory)")
             run_dir = Path(args.resume)
-            result = resume(run_dir, overrides, progress=not args.quiet)
+            result = resume(run_dir, overrides, progress=not args.quiet, from_backup=args.from_backup)
         else:
+            if args.from_backup:
+                raise ConfigError("--from-backup goes with --resume RUN_DIR")
             cfg = load_config(find_config(args.config), overrides)
             run_dir = Path(args.out) if args.out else default_run_dir(cfg)
             result = run(cfg, run_dir, progress=not args.quiet)

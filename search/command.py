@@ -8,14 +8,16 @@ from evaluator.data import DataError
 
 from .config import ConfigError
 from .executor import ExecutorError
-from .journal import JournalError
+from .journal import JournalError, JournalWriteError
+from .runlock import RunLockedError
 
 __all__ = ["USAGE_ERRORS", "RESOURCE_ERRORS", "setup_logging", "report_error"]
 
-# Exit status 2: the command line, a config or a run directory is wrong (the message says which).
-USAGE_ERRORS = (ConfigError, JournalError)
-# Exit status 1: the data or the workers cannot be used.
-RESOURCE_ERRORS = (DataError, ExecutorError)
+# Exit status 2: the command line, a config or a run directory is wrong, or another driver holds the run (the
+# message says which).
+USAGE_ERRORS = (ConfigError, JournalError, RunLockedError)
+# Exit status 1: the data, the workers or the disk cannot be used.
+RESOURCE_ERRORS = (DataError, ExecutorError, JournalWriteError)
 
 
 def setup_logging(quiet: bool) -> None:

@@ -45,6 +45,7 @@ SEARCH_DEFAULTS: dict[str, Any] = {
         "ops": ["paper"],           # op names and/or op sets: paper (all), s_series (no batch statistics)
         "seeds": [],                # seed graphs (evonorm_b0 ... evonorm_s2) that open the initial population
         "references": ["bn_relu", "evonorm_s0"],  # evaluated in the run for comparison; never population members
+        "backup_every": 20,         # results between two backups of the journal (also one at every stop); 0: stops only
     },
     "executor": {
         "kind": "ray",              # ray | serial (in-process, one at a time, fully deterministic)
@@ -78,6 +79,7 @@ SEARCH_CHECKS: dict[str, tuple[Any, str]] = {
     "search.max_evaluations": (lambda v: v >= 0, "0 (no limit) or a positive count"),
     "search.max_time": (lambda v: v >= 0, "0 (no limit) or positive seconds"),
     "search.max_steps": (lambda v: v >= 0, "0 (no limit) or a positive number of steps"),
+    "search.backup_every": (lambda v: v >= 0, "0 (a backup at each stop only) or a positive number of results"),
     "search.population_size": (lambda v: v >= 1, "at least 1"),
     "search.tournament_size": (lambda v: v >= 1, "at least 1"),
     "search.max_initial": (lambda v: v >= 0, "0 (no cap) or a positive count"),
@@ -105,8 +107,8 @@ SEARCH_CHECKS: dict[str, tuple[Any, str]] = {
 
 # Keys a resumed run may change: budgets, where the data lives and how evaluations are executed.
 # Everything else fixes the evolution's state and must stay as the run began.
-RESUMABLE_KEYS = ("search.max_evaluations", "search.max_time", "search.max_steps", "data.root", "data.download",
-                  "executor.*")
+RESUMABLE_KEYS = ("search.max_evaluations", "search.max_time", "search.max_steps", "search.backup_every", "data.root",
+                  "data.download", "executor.*")
 
 
 def load_config(path: str | os.PathLike | None = None, overrides: Iterable[str] = (),

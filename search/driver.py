@@ -10,6 +10,9 @@ journaled as it happens, and results reach the algorithm in the journal's ``told
 
 Budgets (``search.max_evaluations``, ``max_time``, ``max_steps``) stop proposals; evaluations in flight finish,
 except when time is up, when they are abandoned. Ctrl-C abandons in-flight work, records it, and re-raises.
+A journal write that fails stops the run as it stands (in flight stays ``running``, as after a ``kill -9``).
+The driver holds the run directory's lock (``search.runlock``) throughout, and backs the journal up every
+``search.backup_every`` results and at every stop.
 """
 from __future__ import annotations
 
@@ -36,7 +39,8 @@ from primitives import LayerGraph, graph_to_yaml
 from .config import check_resume_overrides, load_config
 from .executor import EvaluatorFactory, Executor, Job, Outcome, make_executor
 from .hurdles import clears_hurdle, combine_stages
-from .journal import CandidateRow, Journal
+from .journal import BACKUP_FILE, JOURNAL_FILE, CandidateRow, Journal, JournalError, JournalWriteError, restore_backup
+from .runlock import RunLock
 from .states import Role, State
 from .results import CONFIG_FILE, RunResult, best_candidate, describe_fitness, summarize, wall_time
 from .state import Algorithm, evaluation_seed, make_algorithm, proposal_rng, replay, tell_row
@@ -58,9 +62,10 @@ def run(config: Mapping[str, Any] | str | os.PathLike, run_dir: str | os.PathLik
     cfg = load_config(config) if isinstance(config, (str, os.PathLike)) else dict(config)
     run_dir = Path(run_dir) if run_dir is not None else default_run_dir(cfg)
     prepare_data(cfg)
-    journal = Journal.create(run_dir, {"seed": cfg["seed"], "algorithm": cfg["search"]["algorithm"]})
-    _write_config(run_dir, cfg)
-    return _drive(cfg, run_dir, journal, evaluator_factory, progress)
+    with RunLock(run_dir):
+        journal = Journal.create(run_dir, {"seed": cfg["seed"], "algorithm": cfg["search"]["algorithm"]})
+        _write_config(run_dir, cfg)
+        return _drive(cfg, run_dir, journal, evaluator_factory, progress)
 
 
 def default_run_dir(cfg: Mapping[str, Any]) -> Path:
@@ -68,19 +73,28 @@ def default_run_dir(cfg: Mapping[str, Any]) -> Path:
 
 
 def resume(run_dir: str | os.PathLike, overrides: tuple[str, ...] | list[str] = (), *,
-           evaluator_factory: EvaluatorFactory = Evaluator, progress: bool = False) -> RunResult:
-    """Continue an interrupted run; ``overrides`` may change budgets, the data root and the executor."""
+           evaluator_factory: EvaluatorFactory = Evaluator, progress: bool = False,
+           from_backup: bool = False) -> RunResult:
+    """Continue an interrupted run; ``overrides`` may change budgets, the data root and the executor.
+    ``from_backup`` first puts the journal's last backup in its place (after damage)."""
     run_dir = Path(run_dir)
-    journal = Journal.open(run_dir)
-    try:
-        check_resume_overrides(overrides, run_dir)
-        cfg = load_config(run_dir / CONFIG_FILE, overrides)
-        prepare_data(cfg)
-    except BaseException:
-        journal.close()
-        raise
-    _write_config(run_dir, cfg)
-    return _drive(cfg, run_dir, journal, evaluator_factory, progress)
+    wanted = run_dir / (BACKUP_FILE if from_backup else JOURNAL_FILE)
+    if not wanted.is_file():  # before the lock, which would make a directory of a mistyped path
+        raise JournalError(f"no {'backup of a journal' if from_backup else 'journal'} at {wanted}; "
+                           f"is {os.fspath(run_dir)!r} a run directory?")
+    with RunLock(run_dir):
+        if from_backup:
+            log.warning("the damaged journal is kept as %s", restore_backup(run_dir))
+        journal = Journal.open(run_dir)
+        try:
+            check_resume_overrides(overrides, run_dir)
+            cfg = load_config(run_dir / CONFIG_FILE, overrides)
+            prepare_data(cfg)
+        except BaseException:
+            journal.close()
+            raise
+        _write_config(run_dir, cfg)
+        return _drive(cfg, run_dir, journal, evaluator_factory, progress)
 
 
 def prepare_data(cfg: Mapping[str, Any]) -> None:
@@ -116,10 +130,23 @@ def _drive(cfg, run_dir: Path, journal: Journal, factory: EvaluatorFactory, prog
                          {r.name: r for r in rows if r.is_reference})
     except BaseException as err:
         stop = "interrupted" if isinstance(err, KeyboardInterrupt) else f"error: {type(err).__name__}"
-        _abandon_running(journal)
+        if not isinstance(err, JournalWriteError):
+            _abandon_running(journal)
         raise
     finally:
+        _close_session(journal, session, stop)
+
+
+def _close_session(journal: Journal, session: int, stop: str) -> None:
+    """End the session, back the journal up and close it. When the disk refuses, the session stays open and
+    the backup is the previous one: a resumed run reads that as a ``kill -9``."""
+    try:
         journal.end_session(session, stop)
+        journal.backup()
+    except JournalWriteError as err:
+        if stop != f"error: {JournalWriteError.__name__}":  # else the error on its way up says it
+            log.warning("%s", err)
+    finally:
         journal.close()
 
 
@@ -349,6 +376,8 @@ class _Driver:
             log.info("reference %s: %s", row.name, describe_fitness(row))
             return
         tell_row(self.algorithm, row)
+        if self.budget["backup_every"] and row.told_seq % self.budget["backup_every"] == 0:
+            self._backup()
         self.steps += row.steps
         if row.status in self.counts:
             self.counts[row.status] += 1
@@ -359,6 +388,12 @@ class _Driver:
             parent = f", child of #{row.parent_id}" if row.parent_id else ""
             log.info("new best #%d (%s%s): %s  %s", row.id, row.role, parent, describe_fitness(row), row.formula)
         self._show()
+
+    def _backup(self) -> None:
+        try:
+            self.journal.backup()
+        except JournalWriteError as err:  # the journal itself is whole; its next write says if the disk is full
+            log.warning("%s", err)
 
     def _show(self) -> None:
         best = f"{self.best.mean_fitness:.3f}" if self.best else "-"

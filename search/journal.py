@@ -13,27 +13,35 @@ Storage only, no algorithm. Tables:
 * ``sessions``: one row per start or resume of the driver, for wall time and throughput.
 
 The database runs in WAL mode with full sync, so a reader (``search.inspect``) can follow a live run and a
-``kill -9`` or power loss loses at most the transaction in progress; every write is one transaction.
+``kill -9`` or power loss loses at most the transaction in progress; every write is one transaction. A write
+that fails (a full disk, a read-only file) raises :class:`JournalWriteError` and leaves the file as it was.
+Against damage that SQLite cannot undo (a disk or a copy that corrupts it), the driver keeps a consistent
+copy, ``RUN_DIR/search.backup.sqlite`` (:meth:`Journal.backup`); a journal that cannot be read is named as
+damaged on open, with that backup, which :func:`restore_backup` puts in its place.
 """
 from __future__ import annotations
 
 import json
 import os
+import shutil
 import sqlite3
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import Any, Iterable, Optional
+from typing import Any, Iterable, Iterator, Optional
 
 from evaluator.evaluate import EvalRecord
 from primitives import LayerGraph, graph_from_yaml
 
 from .states import ABANDONED, JOURNAL_REASONS, Role, State
 
-__all__ = ["SCHEMA_VERSION", "JOURNAL_FILE", "JournalError", "CandidateRow", "StageRow", "Session", "Journal"]
+__all__ = ["SCHEMA_VERSION", "JOURNAL_FILE", "BACKUP_FILE", "JournalError", "JournalWriteError", "CandidateRow",
+           "StageRow", "Session", "Journal", "restore_backup"]
 
 SCHEMA_VERSION = 1
 JOURNAL_FILE = "search.sqlite"
+BACKUP_FILE = "search.backup.sqlite"
 
 _SCHEMA = """
 CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -88,6 +96,10 @@ CREATE TABLE IF NOT EXISTS stages (
 
 class JournalError(RuntimeError):
     """A journal that cannot be opened or written as asked; the message names the file."""
+
+
+class JournalWriteError(RuntimeError):
+    """SQLite could not write the journal (a full disk, a read-only file); what was written before stays."""
 
 
 @dataclass(frozen=True)
@@ -230,14 +242,12 @@ class Journal:
         if path.exists():
             raise JournalError(f"{path} already exists; resume that run or choose another run directory")
         path.parent.mkdir(parents=True, exist_ok=True)
-        conn = sqlite3.connect(path)
-        conn.execute("PRAGMA journal_mode=WAL")
-        conn.execute("PRAGMA synchronous=FULL")
-        with conn:
+        journal = cls(path, _connect(path, readonly=False), readonly=False)
+        with journal._transaction() as conn:
             conn.executescript(_SCHEMA + _STAGES_SCHEMA)
             rows = {"schema_version": SCHEMA_VERSION, "created_at": time.time(), **meta}
             conn.executemany("INSERT INTO meta VALUES (?, ?)", [(k, json.dumps(v)) for k, v in rows.items()])
-        return cls(path, conn, readonly=False)
+        return journal
 
     @classmethod
     def open(cls, run_dir: str | os.PathLike, readonly: bool = False) -> "Journal":
@@ -245,12 +255,22 @@ class Journal:
         path = Path(run_dir) / JOURNAL_FILE
         if not path.is_file():
             raise JournalError(f"no journal at {path}; is {os.fspath(run_dir)!r} a run directory?")
-        if readonly:
-            conn = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True)
+        conn = None
+        try:
+            conn = _connect(path, readonly)
+            problem = _damage(conn)
+        except sqlite3.OperationalError as err:  # permissions, a missing WAL file: not damage
+            problem, access = None, err
+        except sqlite3.DatabaseError as err:
+            problem, access = str(err), None
         else:
-            conn = sqlite3.connect(path)
-            conn.execute("PRAGMA journal_mode=WAL")
-            conn.execute("PRAGMA synchronous=FULL")
+            access = None
+        if problem is not None or access is not None:
+            if conn is not None:
+                conn.close()
+            if access is not None:
+                raise JournalError(f"cannot open {path}{'' if readonly else ' for writing'} ({access})")
+            raise JournalError(_damaged(path, problem))
         journal = cls(path, conn, readonly)
         try:
             found = journal.meta().get("schema_version")
@@ -262,8 +282,8 @@ class Journal:
             raise JournalError(f"{path} has journal schema version {found}, but this program reads version "
                                f"{SCHEMA_VERSION}; open it with the version of this package that wrote it")
         if not readonly:
-            with conn:
-                conn.executescript(_STAGES_SCHEMA)
+            with journal._transaction() as c:
+                c.executescript(_STAGES_SCHEMA)
         return journal
 
     def close(self) -> None:
@@ -321,11 +341,24 @@ class Journal:
         return [Session(*r) for r in self._conn.execute("SELECT * FROM sessions ORDER BY id")]
 
     # --- writing (the driver only) --------------------------------------------------------------------
-    def _write(self, sql: str, params: Iterable[Any]) -> sqlite3.Cursor:
+    @contextmanager
+    def _transaction(self) -> Iterator[sqlite3.Connection]:
+        """One transaction: all of it is written, or none of it and :class:`JournalWriteError` says why."""
         if self.readonly:
             raise JournalError(f"{self.path} was opened read-only")
-        with self._conn:
-            return self._conn.execute(sql, tuple(params))
+        try:
+            with self._conn:
+                yield self._conn
+        except sqlite3.IntegrityError:
+            raise
+        except sqlite3.DatabaseError as err:
+            raise JournalWriteError(f"cannot write the journal {self.path} ({err}). The run stops here; what "
+                                    "was journaled before is kept. Free some space (or make the file writable) "
+                                    f"and resume: --resume {self.path.parent}") from None
+
+    def _write(self, sql: str, params: Iterable[Any]) -> sqlite3.Cursor:
+        with self._transaction() as conn:
+            return conn.execute(sql, tuple(params))
 
     def _insert(self, **columns: Any) -> None:
         cols = _encode(columns)
@@ -335,17 +368,34 @@ class Journal:
     def _update(self, candidate_id: int, *, stage: Optional[tuple] = None, **columns: Any) -> None:
         """Update a candidate's columns; with ``stage`` (a ``stages`` row's values), insert that row in the
         same transaction."""
-        if self.readonly:
-            raise JournalError(f"{self.path} was opened read-only")
         cols = _encode(columns)
-        with self._conn:
+        with self._transaction() as conn:
             if stage is not None:
-                self._conn.execute("INSERT INTO stages (candidate_id, stage, seed, record_json, worker, advanced) "
-                                   "VALUES (?, ?, ?, ?, ?, ?)", stage)
-            cursor = self._conn.execute(f"UPDATE candidates SET {', '.join(f'{k} = ?' for k in cols)} WHERE id = ?",
-                                        [*cols.values(), candidate_id])
+                conn.execute("INSERT INTO stages (candidate_id, stage, seed, record_json, worker, advanced) "
+                             "VALUES (?, ?, ?, ?, ?, ?)", stage)
+            cursor = conn.execute(f"UPDATE candidates SET {', '.join(f'{k} = ?' for k in cols)} WHERE id = ?",
+                                  [*cols.values(), candidate_id])
             if cursor.rowcount != 1:
                 raise JournalError(f"{self.path} has no candidate {candidate_id} to update")
+
+    def backup(self) -> Path:
+        """Replace ``RUN_DIR/search.backup.sqlite`` by a consistent copy of the journal as it stands (one
+        self-contained file), written beside it first so that a failure leaves the last backup whole."""
+        dest = self.path.with_name(BACKUP_FILE)
+        tmp = dest.with_name(f".{BACKUP_FILE}.tmp")
+        try:
+            tmp.unlink(missing_ok=True)
+            out = sqlite3.connect(tmp)
+            try:
+                self._conn.backup(out)
+                out.execute("PRAGMA journal_mode=DELETE")
+            finally:
+                out.close()
+            os.replace(tmp, dest)
+        except (sqlite3.Error, OSError) as err:
+            tmp.unlink(missing_ok=True)
+            raise JournalWriteError(f"cannot back up the journal {self.path} to {dest} ({err})") from None
+        return dest
 
     # The transitions: every change of a candidate's state is one of these.
     def propose(self, candidate_id: int, role: Role, **columns: Any) -> None:
@@ -398,3 +448,61 @@ class Journal:
     def end_session(self, session_id: int, stop_reason: str) -> None:
         self._write("UPDATE sessions SET ended_at = ?, stop_reason = ? WHERE id = ?",
                     (time.time(), stop_reason, session_id))
+
+
+def _connect(path: Path, readonly: bool) -> sqlite3.Connection:
+    if readonly:
+        return sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True)
+    conn = sqlite3.connect(path)
+    conn.execute("PRAGMA journal_mode=WAL")
+    conn.execute("PRAGMA synchronous=FULL")
+    return conn
+
+
+def _damage(conn: sqlite3.Connection) -> Optional[str]:
+    """SQLite's own check of every page (``quick_check``): None when the file is sound, else its first finding."""
+    found = [r[0] for r in conn.execute("PRAGMA quick_check")]
+    return None if found == ["ok"] else found[0]
+
+
+def _backup_summary(backup: Path) -> Optional[str]:
+    """What an intact backup holds (results, time written), or None when it is missing or damaged too."""
+    if not backup.is_file():
+        return None
+    try:
+        conn = sqlite3.connect(f"{backup.resolve().as_uri()}?mode=ro", uri=True)
+        try:
+            if _damage(conn) is not None:
+                return None
+            told = conn.execute("SELECT COUNT(told_seq) FROM candidates").fetchone()[0]
+        finally:
+            conn.close()
+    except sqlite3.DatabaseError:
+        return None
+    written = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(backup.stat().st_mtime))
+    return f"{told} results, written {written}"
+
+
+def _damaged(path: Path, problem: str) -> str:
+    message = f"{path} is damaged: SQLite cannot read it ({problem})."
+    backup = path.with_name(BACKUP_FILE)
+    summary = _backup_summary(backup)
+    if summary is None:
+        return f"{message} There is no intact backup ({backup}) to resume from."
+    return (f"{message} Its last backup, {backup} ({summary}), is intact: resume from it with "
+            f"--resume {path.parent} --from-backup (the damaged file is kept beside it).")
+
+
+def restore_backup(run_dir: str | os.PathLike) -> Path:
+    """Put the last backup in the journal's place; the damaged journal (with its WAL files) is renamed
+    ``search.sqlite.damaged-<time>``, which is returned. Results told after the backup are evaluated again."""
+    run_dir = Path(run_dir)
+    path, backup = run_dir / JOURNAL_FILE, run_dir / BACKUP_FILE
+    if _backup_summary(backup) is None:
+        raise JournalError(f"{backup} is missing or damaged too, so there is nothing to resume from")
+    kept = path.with_name(f"{JOURNAL_FILE}.damaged-{time.strftime('%Y%m%d-%H%M%S')}")
+    for suffix in ("", "-wal", "-shm"):
+        if Path(f"{path}{suffix}").exists():
+            os.replace(f"{path}{suffix}", f"{kept}{suffix}")
+    shutil.copyfile(backup, path)
+    return kept
