@@ -21,8 +21,10 @@ the reference anyway where the fused ops cannot serve: ``apply_act=False``
 (a plain affine), B1/B2 (no fused kernels), functorch transforms (``vmap``,
 ``torch.func.grad``), and subclasses that override the math hooks
 (``_normalize_act``, ``_gate``, ``_group_stat``, ``_instance_term``,
-``_batch_var``; e.g. the synchronised batch variance of ``evonorm.distributed``). The fused backward is
-not differentiable again: build with ``impl="reference"`` for double backward.
+``_batch_var``; e.g. the synchronised batch variance of ``evonorm.distributed``), and exporters
+(``torch.onnx.export``, ``torch.export``, ``torch.jit.script`` and ``trace``), so a model built with the
+default layers exports as it is. The fused backward is not differentiable again: build with
+``impl="reference"`` for double backward.
 """
 from typing import List, Optional
 
@@ -132,7 +134,7 @@ class _EvoNormBase(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         self._check_input_dim(x)
         if not torch.jit.is_scripting():  # TorchScript compiles the reference path only
-            if self._uses_fused(x):
+            if not _exporting() and self._uses_fused(x):
                 return self._fused_forward(x)
         # fp16 sums over N*H*W elements lose digits and bf16 keeps 8 bits, so
         # everything runs in float32 (float64 stays float64) and is cast back.
@@ -145,6 +147,13 @@ class _EvoNormBase(nn.Module):
 
     def extra_repr(self) -> str:
         return f"{self.num_features}, apply_act={self.apply_act}, eps={self.eps}, impl={self.impl}"
+
+
+def _exporting() -> bool:
+    """Whether an exporter is recording the model (ONNX, ``torch.export``, TorchScript tracing): the fused
+    custom ops have no ONNX or TorchScript form, so exports record the reference path, which computes the
+    same function. ``torch.compile`` keeps the fused ops."""
+    return torch.onnx.is_in_onnx_export() or torch.compiler.is_exporting() or torch.jit.is_tracing()
 
 
 class _EvoNormBatch(_EvoNormBase):
