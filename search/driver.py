@@ -84,6 +84,7 @@ def resume(run_dir: str | os.PathLike, overrides: tuple[str, ...] | list[str] = 
                            f"is {os.fspath(run_dir)!r} a run directory?")
     with RunLock(run_dir):
         if from_backup:
+            _refuse_intact(run_dir)
             log.warning("the damaged journal is kept as %s", restore_backup(run_dir))
         journal = Journal.open(run_dir)
         try:
@@ -95,6 +96,19 @@ def resume(run_dir: str | os.PathLike, overrides: tuple[str, ...] | list[str] = 
             raise
         _write_config(run_dir, cfg)
         return _drive(cfg, run_dir, journal, evaluator_factory, progress)
+
+
+def _refuse_intact(run_dir: Path) -> None:
+    """``--from-backup`` is for a journal that cannot be read: on a sound one it would drop what was told
+    after the backup."""
+    if not (run_dir / JOURNAL_FILE).is_file():
+        return
+    try:
+        Journal.open(run_dir, readonly=True).close()
+    except JournalError:
+        return
+    raise JournalError(f"{run_dir / JOURNAL_FILE} is intact: resume it without --from-backup, which would drop "
+                       "the results told since the backup")
 
 
 def prepare_data(cfg: Mapping[str, Any]) -> None:

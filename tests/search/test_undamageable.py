@@ -118,6 +118,8 @@ def test_a_damaged_journal_is_named_with_its_backup_and_resumes_from_it(tmp_path
     with Journal.open(run_dir, readonly=True) as j:
         assert [r[0] for r in j._conn.execute("PRAGMA quick_check")] == ["ok"]
     assert journal_table(run_dir) == _table_of_backup(run_dir)  # the backup at the stop holds everything
+    with pytest.raises(JournalError, match="is intact: resume it without --from-backup"):
+        search.resume(run_dir, evaluator_factory=FakeEvaluator, from_backup=True)
     _damage(run_dir / JOURNAL_FILE, 4096)  # page 2: the start of a table's b-tree
 
     with pytest.raises(JournalError, match=rf"{JOURNAL_FILE} is damaged: SQLite cannot read it .* backup"):
