@@ -5,8 +5,10 @@
 ``evonorm-search`` console script, or ``python -m search``); ``python -m search.inspect`` shows a run, and
 ``python -m search.rerank`` retrains its top candidates with more steps and seeds.
 """
+from .callbacks import Callback
 from .config import ConfigError, load_config
 from .results import RunResult, RunSummary, RunView, open_run
 from .driver import resume, run
 
-__all__ = ["run", "resume", "open_run", "load_config", "ConfigError", "RunResult", "RunSummary", "RunView"]
+__all__ = ["run", "resume", "open_run", "load_config", "ConfigError", "RunResult", "RunSummary", "RunView",
+           "Callback"]

@@ -47,6 +47,9 @@ SEARCH_DEFAULTS: dict[str, Any] = {
         "references": ["bn_relu", "evonorm_s0"],  # evaluated in the run for comparison; never population members
         "backup_every": 20,         # results between two backups of the journal (also one at every stop); 0: stops only
     },
+    "logging": {
+        "tensorboard": False,       # events under RUN_DIR/tensorboard/ (search/tensorboard.py; needs the extra)
+    },
     "executor": {
         "kind": "ray",              # ray | serial (in-process, one at a time, fully deterministic)
         "address": None,            # Ray cluster to join (e.g. auto, ray://head:10001); null starts a local one
@@ -108,7 +111,7 @@ SEARCH_CHECKS: dict[str, tuple[Any, str]] = {
 # Keys a resumed run may change: budgets, where the data lives and how evaluations are executed.
 # Everything else fixes the evolution's state and must stay as the run began.
 RESUMABLE_KEYS = ("search.max_evaluations", "search.max_time", "search.max_steps", "search.backup_every", "data.root",
-                  "data.download", "executor.*")
+                  "data.download", "executor.*", "logging.*")
 
 
 def load_config(path: str | os.PathLike | None = None, overrides: Iterable[str] = (),

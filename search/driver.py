@@ -23,7 +23,7 @@ import time
 from collections import deque
 from contextlib import nullcontext
 from pathlib import Path
-from typing import Any, Mapping, Optional
+from typing import Any, Mapping, Optional, Sequence
 
 from tqdm import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
@@ -40,7 +40,9 @@ from .config import check_resume_overrides, load_config
 from .executor import EvaluatorFactory, Executor, Job, Outcome, make_executor
 from .hurdles import clears_hurdle, combine_stages
 from .journal import BACKUP_FILE, JOURNAL_FILE, CandidateRow, Journal, JournalError, JournalWriteError, restore_backup
+from .callbacks import Callbacks
 from .runlock import RunLock
+from .tensorboard import TensorBoardLogger, require_tensorboard
 from .states import Role, State
 from .results import CONFIG_FILE, RunResult, best_candidate, describe_fitness, summarize, wall_time
 from .state import Algorithm, evaluation_seed, make_algorithm, proposal_rng, replay, tell_row
@@ -56,16 +58,19 @@ POLL_SECONDS = 5.0
 
 
 def run(config: Mapping[str, Any] | str | os.PathLike, run_dir: str | os.PathLike | None = None, *,
-        evaluator_factory: EvaluatorFactory = Evaluator, progress: bool = False) -> RunResult:
+        evaluator_factory: EvaluatorFactory = Evaluator, progress: bool = False,
+        callbacks: Sequence[object] = ()) -> RunResult:
     """Run a search from a config (a validated dict from ``search.load_config``, or a path) into ``run_dir``
-    (default ``runs/<algorithm>-<time>``), which must not hold a journal yet."""
+    (default ``runs/<algorithm>-<time>``), which must not hold a journal yet. ``callbacks`` watch it
+    (``search.callbacks``)."""
     cfg = load_config(config) if isinstance(config, (str, os.PathLike)) else dict(config)
     run_dir = Path(run_dir) if run_dir is not None else default_run_dir(cfg)
+    watchers = _callbacks(cfg, callbacks)
     prepare_data(cfg)
     with RunLock(run_dir):
         journal = Journal.create(run_dir, {"seed": cfg["seed"], "algorithm": cfg["search"]["algorithm"]})
         _write_config(run_dir, cfg)
-        return _drive(cfg, run_dir, journal, evaluator_factory, progress)
+        return _drive(cfg, run_dir, journal, evaluator_factory, progress, watchers)
 
 
 def default_run_dir(cfg: Mapping[str, Any]) -> Path:
@@ -74,9 +79,9 @@ def default_run_dir(cfg: Mapping[str, Any]) -> Path:
 
 def resume(run_dir: str | os.PathLike, overrides: tuple[str, ...] | list[str] = (), *,
            evaluator_factory: EvaluatorFactory = Evaluator, progress: bool = False,
-           from_backup: bool = False) -> RunResult:
-    """Continue an interrupted run; ``overrides`` may change budgets, the data root and the executor.
-    ``from_backup`` first puts the journal's last backup in its place (after damage)."""
+           from_backup: bool = False, callbacks: Sequence[object] = ()) -> RunResult:
+    """Continue an interrupted run; ``overrides`` may change budgets, the data root, the executor and the
+    logging. ``from_backup`` first puts the journal's last backup in its place (after damage)."""
     run_dir = Path(run_dir)
     wanted = run_dir / (BACKUP_FILE if from_backup else JOURNAL_FILE)
     if not wanted.is_file():  # before the lock, which would make a directory of a mistyped path
@@ -90,12 +95,22 @@ def resume(run_dir: str | os.PathLike, overrides: tuple[str, ...] | list[str] = 
         try:
             check_resume_overrides(overrides, run_dir)
             cfg = load_config(run_dir / CONFIG_FILE, overrides)
+            watchers = _callbacks(cfg, callbacks)
             prepare_data(cfg)
         except BaseException:
             journal.close()
             raise
         _write_config(run_dir, cfg)
-        return _drive(cfg, run_dir, journal, evaluator_factory, progress)
+        return _drive(cfg, run_dir, journal, evaluator_factory, progress, watchers)
+
+
+def _callbacks(cfg: Mapping[str, Any], callbacks: Sequence[object]) -> Callbacks:
+    """The caller's callbacks, then the built-in ones the config asks for."""
+    built_in = []
+    if cfg["logging"]["tensorboard"]:
+        require_tensorboard()
+        built_in.append(TensorBoardLogger())
+    return Callbacks([*callbacks, *built_in])
 
 
 def _refuse_intact(run_dir: Path) -> None:
@@ -128,15 +143,17 @@ def _write_config(run_dir: Path, cfg: Mapping[str, Any]) -> None:
     os.replace(tmp, run_dir / CONFIG_FILE)
 
 
-def _drive(cfg, run_dir: Path, journal: Journal, factory: EvaluatorFactory, progress: bool) -> RunResult:
+def _drive(cfg, run_dir: Path, journal: Journal, factory: EvaluatorFactory, progress: bool,
+           callbacks: Callbacks) -> RunResult:
     session = journal.start_session(socket.gethostname())
     started = time.monotonic()  # the time budget counts the workers' start-up too
     stop = "interrupted"
     try:
+        callbacks.call("on_start", run_dir, cfg, journal.rows())
         executor = make_executor(cfg, factory)
         try:
             with logging_redirect_tqdm() if progress else nullcontext():
-                stop = _Driver(cfg, journal, make_algorithm(cfg), executor, started, progress).loop()
+                stop = _Driver(cfg, journal, make_algorithm(cfg), executor, started, progress, callbacks).loop()
         finally:
             executor.close()
         rows = journal.rows()
@@ -148,7 +165,10 @@ def _drive(cfg, run_dir: Path, journal: Journal, factory: EvaluatorFactory, prog
             _abandon_running(journal)
         raise
     finally:
-        _close_session(journal, session, stop)
+        try:
+            callbacks.call("on_stop", stop)
+        finally:
+            _close_session(journal, session, stop)
 
 
 def _close_session(journal: Journal, session: int, stop: str) -> None:
@@ -173,8 +193,9 @@ def _abandon_running(journal: Journal) -> None:
 
 class _Driver:
     def __init__(self, cfg: Mapping[str, Any], journal: Journal, algorithm: Algorithm, executor: Executor, started: float,
-                 progress: bool):
+                 progress: bool, callbacks: Callbacks):
         self.cfg = cfg
+        self.callbacks = callbacks
         self.budget = cfg["search"]
         self.references: list[str] = list(cfg["search"]["references"])
         self.journal = journal
@@ -388,6 +409,7 @@ class _Driver:
     def _tell(self, row: CandidateRow) -> None:
         if row.is_reference:
             log.info("reference %s: %s", row.name, describe_fitness(row))
+            self.callbacks.call("on_result", row)
             return
         tell_row(self.algorithm, row)
         if self.budget["backup_every"] and row.told_seq % self.budget["backup_every"] == 0:
@@ -397,10 +419,12 @@ class _Driver:
             self.counts[row.status] += 1
         if row.duplicate_of is None:
             self.bar.update(1)
+        self.callbacks.call("on_result", row)
         if row.status is State.OK and (self.best is None or row.mean_fitness > self.best.mean_fitness):
             self.best = row
             parent = f", child of #{row.parent_id}" if row.parent_id else ""
             log.info("new best #%d (%s%s): %s  %s", row.id, row.role, parent, describe_fitness(row), row.formula)
+            self.callbacks.call("on_new_best", row)
         self._show()
 
     def _backup(self) -> None:

@@ -25,7 +25,7 @@ from .state import make_algorithm, tell_row, told_in_order  # noqa: E402
 from .states import State  # noqa: E402
 
 __all__ = ["Progress", "progress_info", "plot_progress", "ParetoInfo", "pareto_info", "plot_pareto", "plot_graph",
-           "RerankPoint", "plot_rerank"]
+           "graph_figure", "RerankPoint", "plot_rerank"]
 
 
 @dataclass(frozen=True)
@@ -138,6 +138,11 @@ def plot_pareto(info: ParetoInfo, path: Path) -> Path:
 
 def plot_graph(graph: LayerGraph, path: Path, title: str = "") -> Path:
     """The pruned graph, left to right by depth, nodes labelled by op (inputs by name)."""
+    return _write(graph_figure(graph, title), path, dpi=110)
+
+
+def graph_figure(graph: LayerGraph, title: str = ""):
+    """:func:`plot_graph`'s drawing as a matplotlib figure (TensorBoard takes figures)."""
     pruned = graph.pruned()
     g = nx.DiGraph()
     depth = {k: 0 for k in INPUTS}
@@ -156,7 +161,8 @@ def plot_graph(graph: LayerGraph, path: Path, title: str = "") -> Path:
                      connectionstyle="arc3,rad=0.12")
     ax.set_title(title or graph.formula(), fontsize=8)
     ax.axis("off")
-    return _write(fig, path, dpi=110)
+    fig.tight_layout()
+    return fig
 
 
 @dataclass(frozen=True)
