@@ -28,7 +28,7 @@ from primitives import graph_from_yaml
 from .states import WORKER_LOST
 
 __all__ = ["Job", "Outcome", "Executor", "EvaluatorFactory", "ExecutorError", "SerialExecutor", "RayExecutor", "make_executor",
-           "run_all", "run_job"]
+           "run_all", "run_job", "local_ray_options", "SINGLE_MACHINE_ENV"]
 
 log = logging.getLogger(__name__)
 
@@ -162,6 +162,18 @@ class _Running:
     started: float
 
 
+# Ray's switch for an instance confined to one machine (its macOS and Windows mode): every server of the node
+# listens on 127.0.0.1, never on the machine's other interface. Ray reads it when it is imported.
+SINGLE_MACHINE_ENV = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
+
+
+def local_ray_options(object_store_mb: int) -> dict[str, Any]:
+    """``ray.init`` options of a local instance: no dashboard, a small object store. Set ``SINGLE_MACHINE_ENV``
+    to 0 before importing Ray, so that the instance binds to loopback; Ray's token authentication (on by
+    default) refuses other users of the machine."""
+    return {"include_dashboard": False, "object_store_memory": object_store_mb << 20}
+
+
 class RayExecutor:
     """Evaluations on Ray actors, each reserving ``cpus_per_eval`` CPUs and ``gpus_per_eval`` GPUs.
 
@@ -171,6 +183,8 @@ class RayExecutor:
     """
 
     def __init__(self, cfg: Mapping[str, Any], factory: EvaluatorFactory = Evaluator):
+        if not cfg["executor"]["address"]:
+            os.environ.setdefault(SINGLE_MACHINE_ENV, "0")
         import ray  # imported here: the serial executor and the readers of a journal do not need Ray
 
         self._ray = ray
@@ -181,8 +195,7 @@ class RayExecutor:
             if ex["address"]:
                 ray.init(address=ex["address"], logging_level=logging.WARNING)
             else:
-                ray.init(include_dashboard=False, object_store_memory=ex["object_store_mb"] << 20,
-                         logging_level=logging.WARNING)
+                ray.init(**local_ray_options(ex["object_store_mb"]), logging_level=logging.WARNING)
             self._started_ray = True
         self._max_retries = ex["max_retries"]
         self._hard_timeout = ex["hard_timeout"] or 2 * cfg["train"]["time_limit"] + 60

@@ -5,6 +5,10 @@ from pathlib import Path
 import pytest
 from hypothesis import settings
 
+# Every Ray instance the tests start stays on this machine's loopback address (search.executor): set before
+# any test module imports Ray, which reads it then.
+os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+
 settings.register_profile("project", deadline=None, derandomize=True, max_examples=40, print_blob=True)
 settings.load_profile("project")
 

@@ -12,8 +12,9 @@ def ray_session():
     os.environ["RAY_USAGE_STATS_ENABLED"] = "0"
     import ray
 
-    ray.init(num_cpus=2, include_dashboard=False, object_store_memory=100 << 20, logging_level="WARNING",
-             log_to_driver=False)
+    from search.executor import local_ray_options
+
+    ray.init(num_cpus=2, **local_ray_options(100), logging_level="WARNING", log_to_driver=False)
     ray.cloudpickle.register_pickle_by_value(fakes)
     yield ray
     ray.shutdown()
