@@ -16,9 +16,15 @@ from evaluator.models import REFERENCES as REFERENCE_LAYERS
 from primitives import seeds as seed_graphs
 from primitives import OPERATORS, PAPER_OPS, PRIORS, S_SERIES_OPS, get_op
 
-__all__ = ["SEARCH_DEFAULTS", "SEARCH_CHECKS", "OP_SETS", "RESUMABLE_KEYS", "ConfigError", "load_config",
-           "resolve_ops", "find_config", "check_resume_overrides"]
+from .plugins import import_plugins, is_module_list
+from .seed_graphs import freeze_seeds, is_seed_list
 
+__all__ = ["SEARCH_DEFAULTS", "SEARCH_CHECKS", "OP_SETS", "OBJECTIVES", "RESUMABLE_KEYS", "ConfigError",
+           "load_config", "resolve_ops", "find_config", "check_resume_overrides"]
+
+# What the tournament and the ranking maximise: the per-architecture accuracies, and with `cost` the layer's
+# forward+backward cost relative to BN-ReLU (primitives.cost), minimised. Random search ignores them.
+OBJECTIVES = ("accuracy", "cost")
 # Named op sets usable in `search.ops` beside single op names.
 OP_SETS: dict[str, tuple[str, ...]] = {"paper": PAPER_OPS, "s_series": S_SERIES_OPS}
 
@@ -43,7 +49,10 @@ SEARCH_DEFAULTS: dict[str, Any] = {
         "stages": 1,                # progressive hurdles (search/hurdles.py): the most stages a candidate trains
         "hurdle": 0.5,              # ...the population's quantile its mean accuracy must reach for the next one
         "ops": ["paper"],           # op names and/or op sets: paper (all), s_series (no batch statistics)
-        "seeds": [],                # seed graphs (evonorm_b0 ... evonorm_s2) that open the initial population
+        "objectives": ["accuracy"],  # [accuracy, cost]: the cost (primitives.cost) joins tournament and ranking
+        "plugins": [],              # modules imported first, on the driver and every worker (search/plugins.py)
+        "seeds": [],                # seed graphs that open the initial population (search/seed_graphs.py): names
+                                    # (evonorm_b0 ... evonorm_s2), graph YAML files, RUN_DIR#topK
         "references": ["bn_relu", "evonorm_s0"],  # evaluated in the run for comparison; never population members
         "backup_every": 20,         # results between two backups of the journal (also one at every stop); 0: stops only
     },
@@ -95,7 +104,11 @@ SEARCH_CHECKS: dict[str, tuple[Any, str]] = {
     "search.hurdle": (lambda v: 0.0 <= v <= 1.0, "a quantile between 0 and 1 (0.5: the population's median)"),
     "search.ops": (lambda v: bool(v) and all(_is_op_or_set(n) for n in v),
                    f"a non-empty list of op names or op sets {list(OP_SETS)}"),
-    "search.seeds": (_names_in(seed_graphs.names()), f"a list of distinct seed names from {seed_graphs.names()}"),
+    "search.objectives": (lambda v: _names_in(OBJECTIVES)(v) and "accuracy" in v,
+                          f"a list of distinct objectives from {list(OBJECTIVES)}, accuracy among them"),
+    "search.plugins": (is_module_list, "a list of distinct module names (on sys.path or in the current directory)"),
+    "search.seeds": (is_seed_list, f"a list of distinct seed graphs: names from {seed_graphs.names()}, graph YAML "
+                                   "files, RUN_DIR#topK (a run's K best) or graph documents"),
     "search.references": (_names_in(REFERENCE_LAYERS + tuple(seed_graphs.names())),
                           f"a list of distinct names from {list(REFERENCE_LAYERS) + seed_graphs.names()}"),
     "executor.kind": (lambda v: v in ("ray", "serial"), "ray or serial"),
@@ -124,10 +137,16 @@ def load_config(path: str | os.PathLike | None = None, overrides: Iterable[str] 
     overrides = list(overrides)
     defaults = evaluator_config.merge(evaluator_config.DEFAULTS, SEARCH_DEFAULTS)
     checks = {**evaluator_config.CHECKS, **SEARCH_CHECKS}
+    ops_check = checks.pop("search.ops")  # it reads the op registry, to which search.plugins may add
     cfg = evaluator_config.load_config(path, overrides, defaults=defaults, checks=checks)
     source = os.fspath(path) if path is not None else "<defaults>"
     if overrides:
         source = f"{source} (with --set {' '.join(overrides)})"
+    s = cfg["search"]
+    import_plugins(s["plugins"], source)
+    if not ops_check[0](s["ops"]):
+        raise ConfigError(f"{source}: 'search.ops' must be {ops_check[1]}, got {s['ops']!r}")
+    s["seeds"] = freeze_seeds(s["seeds"], source, s["plugins"])  # files and runs read once, when a run starts
     if check_search:
         _check_search(cfg, source)
     if cfg["executor"]["gpus_per_eval"] > 0 and cfg["train"]["device"] == "cpu":

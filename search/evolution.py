@@ -1,8 +1,9 @@
 """Aging evolution with a multi-objective tournament, as in Liu et al. (2020), and the rules it is made of.
 
 Each step samples a tournament from the population, takes the Pareto front of the tournament over the
-per-architecture fitness vector (every architecture an objective to maximise), picks the parent uniformly from
-that front, and mutates it. A child that passes the evaluator joins the population; once the population is
+per-architecture fitness vector (every architecture an objective to maximise; with the ``cost`` objective,
+also minus the layer's cost relative to BN-ReLU, ``primitives.cost``), picks the parent uniformly from that
+front, and mutates it. A child that passes the evaluator joins the population; once the population is
 full the oldest member leaves (aging, as in regularized evolution, Real et al. 2019), so a lucky early
 evaluation cannot rule forever.
 
@@ -22,17 +23,21 @@ from __future__ import annotations
 import random
 from collections import deque
 from dataclasses import dataclass
-from typing import Mapping, Optional, Sequence
+from typing import Callable, Mapping, Optional, Sequence
 
 from primitives import LayerGraph, mutate, random_graph, viable
+from primitives.cost import relative_cost
 
 from .states import Role
 
-__all__ = ["Proposal", "Member", "dominates", "pareto_front", "Evolution", "MAX_REDRAWS"]
+__all__ = ["Proposal", "Member", "dominates", "pareto_front", "objective_vector", "Evolution", "MAX_REDRAWS",
+           "COST_KEY"]
 
 # Mutations tried per child before a clone of a member (or, under the structural prior, a non-viable child)
 # is proposed anyway; the driver then answers it from the journal.
 MAX_REDRAWS = 100
+# The cost's entry in an objective vector: minus the cost, so that every entry is maximised.
+COST_KEY = "-cost"
 
 
 @dataclass(frozen=True)
@@ -52,6 +57,7 @@ class Member:
     graph: LayerGraph
     fitness: Mapping[str, float]
     structural_hash: str = ""
+    cost: Optional[float] = None  # relative to BN-ReLU; set when the search has the cost objective
 
 
 def dominates(a: Mapping[str, float], b: Mapping[str, float]) -> bool:
@@ -61,9 +67,23 @@ def dominates(a: Mapping[str, float], b: Mapping[str, float]) -> bool:
     return ge and any(a.get(k, float("-inf")) > b.get(k, float("-inf")) for k in keys)
 
 
-def pareto_front(members: Sequence[Member]) -> list[Member]:
-    """The members no other member dominates, in the given order."""
-    return [m for m in members if not any(dominates(o.fitness, m.fitness) for o in members if o is not m)]
+def objective_vector(fitness: Mapping[str, float], cost: Optional[float] = None) -> dict[str, float]:
+    """What a tournament and the ranking maximise: the per-architecture accuracies, and minus ``cost`` when
+    given (under ``COST_KEY``)."""
+    return dict(fitness) if cost is None else {**fitness, COST_KEY: -cost}
+
+
+def _objectives(m: Member) -> dict[str, float]:
+    return objective_vector(m.fitness, m.cost)
+
+
+def pareto_front(members: Sequence[Member], key: Callable[[Member], Mapping[str, float]] = _objectives
+                 ) -> list[Member]:
+    """The members no other member dominates over ``key`` (the fitness, and minus the cost when the member has
+    one), in the given order."""
+    vectors = [key(m) for m in members]
+    return [m for i, m in enumerate(members)
+            if not any(dominates(vectors[j], vectors[i]) for j in range(len(members)) if j != i)]
 
 
 class Evolution:
@@ -82,11 +102,15 @@ class Evolution:
         max_initial: random proposals after which a partial (non-empty) population is mutated anyway;
             0 proposes random graphs until the population is full.
         max_nodes: the most intermediate nodes a child may grow to (structural mutation inserts nodes).
+        objectives: ``accuracy``, or ``accuracy`` and ``cost``: the tournament's front then also minimises
+            each member's cost relative to BN-ReLU (``primitives.cost``, a function of the graph alone, so
+            replay computes it again exactly).
     """
 
     def __init__(self, ops: Sequence[str], population_size: int, tournament_size: int, num_nodes: int = 10,
                  seeds: Sequence[tuple[str, LayerGraph]] = (), mutation_nodes: int = 1, prior: str = "uniform",
-                 mutation: str = "paper", max_initial: int = 0, max_nodes: Optional[int] = None):
+                 mutation: str = "paper", max_initial: int = 0, max_nodes: Optional[int] = None,
+                 objectives: Sequence[str] = ("accuracy",)):
         if population_size < 1:
             raise ValueError(f"population_size must be at least 1, got {population_size}")
         if not 1 <= tournament_size <= population_size:
@@ -96,7 +120,10 @@ class Evolution:
             raise ValueError(f"mutation_nodes must be at least 1, got {mutation_nodes}")
         if max_initial < 0:
             raise ValueError(f"max_initial must be 0 (no cap) or positive, got {max_initial}")
+        if "accuracy" not in objectives or not set(objectives) <= {"accuracy", "cost"}:
+            raise ValueError(f"objectives must be accuracy, optionally with cost, got {list(objectives)}")
         self.ops = tuple(ops)
+        self.objectives = tuple(objectives)
         self.population_size = population_size
         self.tournament_size = tournament_size
         self.num_nodes = num_nodes
@@ -161,6 +188,7 @@ class Evolution:
         if keys & self._joined:
             return
         self._joined |= keys
-        self._population.append(Member(candidate_id, graph, dict(fitness), shash))
+        cost = relative_cost(graph) if "cost" in self.objectives else None
+        self._population.append(Member(candidate_id, graph, dict(fitness), shash, cost))
         if len(self._population) > self.population_size:
             self._population.popleft()

@@ -5,8 +5,9 @@ slots``), ``wait(timeout)`` (the outcomes that finished, possibly none), ``aband
 and hand its jobs back) and ``close()``. Workers receive plain jobs (a graph as YAML, or a reference layer's
 name, and a seed) and return plain records; only the driver writes the journal.
 
-Each Ray actor builds one evaluator when it starts, so the dataset is loaded once per worker, not per
-evaluation. A worker that dies (killed, out of memory, node lost) is replaced and its evaluation re-run up to
+Each Ray actor imports the config's ``search.plugins`` (``search/plugins.py``) and then builds one evaluator
+when it starts, so the dataset is loaded once per worker, not per evaluation. A worker that dies (killed, out
+of memory, node lost) is replaced and its evaluation re-run up to
 ``executor.max_retries`` times, then recorded as ``failed`` / ``worker_lost``; an evaluation that outlives
 ``executor.hard_timeout`` has its worker killed and is recorded as ``failed`` / ``timeout``. The serial
 executor runs evaluations in the driver's process, one at a time: for debugging and fully deterministic runs.
@@ -25,6 +26,7 @@ from typing import Any, Callable, Iterable, Iterator, Mapping, Optional, Protoco
 from evaluator.evaluate import EvalRecord, Evaluator
 from primitives import graph_from_yaml
 
+from .plugins import import_plugins, plugin_paths, plugins_of
 from .states import WORKER_LOST
 
 __all__ = ["Job", "Outcome", "Executor", "EvaluatorFactory", "ExecutorError", "SerialExecutor", "RayExecutor", "make_executor",
@@ -109,6 +111,7 @@ class SerialExecutor:
     slots = 1
 
     def __init__(self, cfg: Mapping[str, Any], factory: EvaluatorFactory = Evaluator):
+        import_plugins(plugins_of(cfg), "search.plugins")  # done already when the config came from load_config
         self._evaluator = factory(cfg)
         self._queue: deque[Job] = deque()
         self._worker = f"serial@{worker_id()}"
@@ -141,9 +144,12 @@ class SerialExecutor:
 
 
 class _EvaluatorActor:
-    """The body of a Ray actor: one evaluator, built once, serving evaluations."""
+    """The body of a Ray actor: one evaluator, built once, serving evaluations. The config's plug-ins are
+    imported first, from the folders the driver found them in (``paths``), which the actor's own ``sys.path``
+    may lack."""
 
-    def __init__(self, factory: EvaluatorFactory, cfg: Mapping[str, Any]):
+    def __init__(self, factory: EvaluatorFactory, cfg: Mapping[str, Any], paths: tuple[str, ...] = ()):
+        import_plugins(plugins_of(cfg), "search.plugins (on a Ray worker)", paths)
         self._evaluator = factory(cfg)
         self._worker = worker_id()
 
@@ -187,6 +193,8 @@ class RayExecutor:
             os.environ.setdefault(SINGLE_MACHINE_ENV, "0")
         import ray  # imported here: the serial executor and the readers of a journal do not need Ray
 
+        import_plugins(plugins_of(cfg), "search.plugins")  # done already when the config came from load_config
+        paths = plugin_paths(plugins_of(cfg))
         self._ray = ray
         ex = cfg["executor"]
         self._started_ray = False
@@ -201,19 +209,20 @@ class RayExecutor:
         self._hard_timeout = ex["hard_timeout"] or 2 * cfg["train"]["time_limit"] + 60
         self._actor_class = ray.remote(num_cpus=ex["cpus_per_eval"], num_gpus=ex["gpus_per_eval"],
                                        max_restarts=0)(_EvaluatorActor)
-        self._new_actor = lambda: self._actor_class.remote(factory, cfg)
+        self._new_actor = lambda: self._actor_class.remote(factory, cfg, paths)
         fitting = self._fitting_workers(ex["cpus_per_eval"], ex["gpus_per_eval"])
-        self.slots = ex["num_workers"] or fitting
-        if self.slots > fitting:
-            log.warning("executor.num_workers=%d, but the cluster's resources fit %d at a time; the rest wait for "
-                        "resources", self.slots, fitting)
+        self.slots = min(ex["num_workers"] or fitting, fitting)  # a worker beyond them would never start
+        if ex["num_workers"] > fitting:
+            log.warning("executor.num_workers=%d, but the cluster's resources fit %d at a time; starting %d",
+                        ex["num_workers"], fitting, fitting)
         self._actors = [self._new_actor() for _ in range(self.slots)]
         try:
             workers = ray.get([a.ready.remote() for a in self._actors], timeout=START_TIMEOUT)
         except ray.exceptions.RayError as err:  # GetTimeoutError included
+            resources = ray.cluster_resources()
             self.close()
             raise ExecutorError(f"the evaluator workers could not start within {START_TIMEOUT:.0f} s "
-                                f"(cluster resources: {ray.cluster_resources()}): {_first_line(err)}") from None
+                                f"(cluster resources: {resources}): {_first_line(err)}") from None
         self._idle = list(range(self.slots))
         self._running: dict[Any, _Running] = {}
         log.info("%d Ray evaluator workers ready (%s)", self.slots, ", ".join(workers))

@@ -1,6 +1,7 @@
 """See what a search found: ``python -m search.inspect RUN_DIR [--top K] [--json] [--plots]``.
 
-Prints the run summary and a table of the top candidates (Pareto rank, then mean accuracy); ``--json`` prints
+Prints the run summary and a table of the top candidates (Pareto rank, then mean accuracy; with the ``cost``
+objective, the rank counts the cost too and a ``cost`` column shows it, relative to BN-ReLU); ``--json`` prints
 the same as JSON; ``--plots`` writes PNG pictures under ``RUN_DIR/plots/`` and a ``RUN_DIR/report.md`` that
 links them (and the re-ranking section, when ``search.rerank`` has written ``RUN_DIR/rerank.md``). The journal
 is opened read-only, so this works on a run that is still going or was interrupted.
@@ -12,10 +13,12 @@ import json
 import sys
 
 from .command import report_error
+from .config import ConfigError
 from .journal import JournalError
 from .leaderboard import leaderboard
 from .report import saved_sections, table, write_plots, write_report
 from .results import open_run
+from .state import objectives
 
 __all__ = ["main"]
 
@@ -33,9 +36,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         view = open_run(args.run_dir)
         compare = [open_run(d) for d in args.compare]
-    except (JournalError, OSError) as err:
+    except (JournalError, OSError, ConfigError) as err:  # ConfigError: a plug-in of the run's that is gone
         return report_error(err)
-    entries = leaderboard(view.candidates(), top=args.top)
+    entries = leaderboard(view.candidates(), top=args.top, objectives=objectives(view.config))
     summary = view.summary()
     stages = view.stages_reached()
     if args.json:

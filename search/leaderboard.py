@@ -1,4 +1,5 @@
-"""Ranking a run's candidates: Pareto rank over the per-architecture accuracies, then mean accuracy.
+"""Ranking a run's candidates: Pareto rank over the per-architecture accuracies (and, with the ``cost``
+objective, minus the layer's cost relative to BN-ReLU, ``primitives.cost``), then mean accuracy.
 
 Pure functions of the journal's rows, shared by ``search.inspect`` (tables, JSON, report), ``search.export``
 (``--rank N``), ``search.rerank`` (``--top K``) and the command line's summary. A rank counts search
@@ -15,22 +16,26 @@ from typing import Optional, Sequence
 
 import numpy as np
 
-from .evolution import dominates
+from primitives.cost import reference_cost, relative_cost
+
+from .evolution import dominates, objective_vector
 from .journal import CandidateRow
 from .states import State
 
-__all__ = ["Entry", "leaderboard", "pareto_ranks", "places", "spearman", "kendall"]
+__all__ = ["Entry", "leaderboard", "pareto_ranks", "places", "row_cost", "spearman", "kendall"]
 
 
 @dataclass(frozen=True)
 class Entry:
     """One ranked candidate: ``rank`` is its place (1 = best), ``pareto_rank`` its non-dominated front (1 =
-    the front), ``found`` how many candidates computed the same function (itself and its duplicates)."""
+    the front), ``found`` how many candidates computed the same function (itself and its duplicates), ``cost``
+    its cost relative to BN-ReLU when the ranking has the cost objective (else None)."""
 
     rank: int
     pareto_rank: int
     row: CandidateRow
     found: int
+    cost: Optional[float] = None
 
     def as_dict(self) -> dict:
         r = self.row
@@ -39,7 +44,7 @@ class Entry:
             "hash": r.structural_hash, "fingerprint": r.fingerprint, "formula": r.formula or r.name,
             "fitness": r.fitness, "mean_fitness": r.mean_fitness, "test_accuracy": r.test_accuracy,
             "status": r.status, "batch_dependent": r.batch_dependent, "parent_id": r.parent_id,
-            "found": self.found, "steps": r.steps,
+            "found": self.found, "steps": r.steps, **({} if self.cost is None else {"cost": self.cost}),
         }
 
 
@@ -61,26 +66,35 @@ def _passed(rows: Sequence[CandidateRow]) -> list[CandidateRow]:
     return [r for r in rows if r.status is State.OK and r.fitness]
 
 
-def _ranked(passed: Sequence[CandidateRow], found: Counter) -> list[Entry]:
-    ranks = pareto_ranks([r.fitness for r in passed])
+def row_cost(row: CandidateRow) -> float:
+    """The candidate's cost relative to BN-ReLU: its graph's (``primitives.cost``), or a reference layer's."""
+    graph = row.graph
+    return relative_cost(graph) if graph is not None else reference_cost(row.name or "")
+
+
+def _ranked(passed: Sequence[CandidateRow], found: Counter, objectives: Sequence[str]) -> list[Entry]:
+    costs = [row_cost(r) if "cost" in objectives else None for r in passed]
+    ranks = pareto_ranks([objective_vector(r.fitness, c) for r, c in zip(passed, costs)])
     order = sorted(range(len(passed)), key=lambda i: (ranks[i], -passed[i].mean_fitness, passed[i].id))
-    return [Entry(k + 1, ranks[i], passed[i], 1 + found[passed[i].id]) for k, i in enumerate(order)]
+    return [Entry(k + 1, ranks[i], passed[i], 1 + found[passed[i].id], costs[i]) for k, i in enumerate(order)]
 
 
-def leaderboard(rows: Sequence[CandidateRow], top: Optional[int] = None) -> list[Entry]:
-    """The search candidates that passed every check, best first (references are placed by ``places``)."""
+def leaderboard(rows: Sequence[CandidateRow], top: Optional[int] = None,
+                objectives: Sequence[str] = ("accuracy",)) -> list[Entry]:
+    """The search candidates that passed every check, best first (references are placed by ``places``);
+    ``objectives`` are the run's (``search.state.objectives``)."""
     found = Counter(r.duplicate_of for r in rows if r.status is State.DUPLICATE and r.duplicate_of is not None)
-    entries = _ranked([r for r in _passed(rows) if not r.is_reference], found)
+    entries = _ranked([r for r in _passed(rows) if not r.is_reference], found, objectives)
     return entries[:top] if top is not None else entries
 
 
-def places(rows: Sequence[CandidateRow]) -> dict[int, str]:
+def places(rows: Sequence[CandidateRow], objectives: Sequence[str] = ("accuracy",)) -> dict[int, str]:
     """``"N of M"`` for each reference that passed: its rank when it alone joins the search candidates that
     passed (M counts them and it)."""
     search = [r for r in _passed(rows) if not r.is_reference]
     out = {}
     for ref in (r for r in _passed(rows) if r.is_reference):
-        board = _ranked([*search, ref], Counter())
+        board = _ranked([*search, ref], Counter(), objectives)
         out[ref.id] = f"{next(e.rank for e in board if e.row.id == ref.id)} of {len(board)}"
     return out
 

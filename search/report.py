@@ -15,6 +15,7 @@ from .journal import CandidateRow
 from .leaderboard import Entry, places
 from .plots import pareto_info, plot_graph, plot_pareto, plot_progress, progress_info
 from .results import RunView
+from .state import objectives
 from .states import State
 
 __all__ = ["table", "format_table", "label", "write_plots", "existing_plots", "saved_sections", "write_report",
@@ -39,15 +40,17 @@ def label(row: CandidateRow) -> str:
 def table(entries: Sequence[Entry], archs: Sequence[str], markdown: bool = False,
           stages: Optional[Mapping[int, int]] = None) -> str:
     """The top candidates as a text (or Markdown) table; with ``stages`` (a run with hurdles: candidate id
-    -> stages trained), a column of the stage each reached."""
-    head = ["rank", "front", "id", *(["stage"] if stages else []), "hash", *archs, "mean", "batch", "parent",
-            "found", "formula"]
+    -> stages trained), a column of the stage each reached; when the entries carry a cost (a run with the cost
+    objective), a column of it, relative to BN-ReLU."""
+    cost = any(e.cost is not None for e in entries)
+    head = ["rank", "front", "id", *(["stage"] if stages else []), "hash", *archs, "mean", *(["cost"] if cost else []),
+            "batch", "parent", "found", "formula"]
     rows = []
     for e in entries:
         r = e.row
         rows.append([str(e.rank), str(e.pareto_rank), str(r.id), *([str(stages.get(r.id, 1))] if stages else []),
                      r.structural_hash or "-",
-                     *_fitness_cells(e, archs), f"{r.mean_fitness:.3f}",
+                     *_fitness_cells(e, archs), f"{r.mean_fitness:.3f}", *([f"{e.cost:.2f}"] if cost else []),
                      {True: "yes", False: "no", None: "-"}[r.batch_dependent],
                      str(r.parent_id) if r.parent_id is not None else "-", str(e.found), label(r)])
     return format_table(head, rows, markdown)
@@ -115,7 +118,7 @@ def write_report(view: RunView, entries: Sequence[Entry], plots: dict[str, Path]
              f"architectures {', '.join(_archs(view))}.", ""]
     lines += [f"- {line}" for line in summary.lines()]
     if refs:
-        ranked = places(view.candidates())
+        ranked = places(view.candidates(), objectives(view.config))
         lines += ["", "## References", "", "| reference | status | " + " | ".join(_archs(view)) + " | mean | rank |",
                   "|---|---|" + "---|" * (len(_archs(view)) + 2)]
         for name, r in sorted(refs.items()):
@@ -123,7 +126,8 @@ def write_report(view: RunView, entries: Sequence[Entry], plots: dict[str, Path]
             mean = f"{r.mean_fitness:.3f}" if r.fitness else "-"
             status = f"{r.status} ({r.reason})" if r.reason else r.status
             lines.append(f"| {name} | {status} | " + " | ".join(cells) + f" | {mean} | {ranked.get(r.id, '-')} |")
-    lines += ["", f"## Top {len(entries)} (Pareto rank, then mean validation accuracy)", "",
+    over = " over accuracy and cost" if "cost" in objectives(view.config) else ""
+    lines += ["", f"## Top {len(entries)} (Pareto rank{over}, then mean validation accuracy)", "",
               table(entries, _archs(view), markdown=True, stages=view.stages_reached()), ""]
     for key, title in (("progress", "Search progress"), ("pareto", "Pareto front of the final population")):
         if key in plots:

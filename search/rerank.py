@@ -45,6 +45,7 @@ from .leaderboard import leaderboard, spearman
 from .plots import RerankPoint, plot_rerank
 from .report import RERANK_FILE, existing_plots, format_table, label, write_report
 from .results import CONFIG_FILE, RunView, open_run
+from .state import objectives
 
 __all__ = ["STEPS_FACTOR", "RerankError", "Trial", "Reranked", "Rerank", "rerank_config", "rerank_seeds",
            "rerank", "rerank_table", "main"]
@@ -149,7 +150,7 @@ def rerank_seeds(run_seed: int, count: int) -> tuple[int, ...]:
 
 def _select(view: RunView, top: int) -> list[tuple[CandidateRow, Optional[int]]]:
     """The top search candidates, then the references, each with its rank in the search."""
-    entries = leaderboard(view.candidates(), top=top)
+    entries = leaderboard(view.candidates(), top=top, objectives=objectives(view.config))
     if not entries:
         raise RerankError(f"no search candidate in {view.run_dir} passed every check; nothing to re-rank")
     references = sorted(view.references().values(), key=lambda r: r.id)
@@ -274,8 +275,8 @@ def _write(result: Rerank, view: RunView) -> None:
             f"Raw results: [{CSV_FILE}]({CSV_FILE}).", "", f"![Re-ranking](plots/{PLOT_FILE})", ""]
     section = "\n".join(text)
     (run_dir / RERANK_FILE).write_text(section)  # kept for search.inspect --plots, which rewrites the report
-    write_report(view, leaderboard(view.candidates(), top=result.top), existing_plots(run_dir, result.top),
-                 [section])
+    entries = leaderboard(view.candidates(), top=result.top, objectives=objectives(view.config))
+    write_report(view, entries, existing_plots(run_dir, result.top), [section])
 
 
 def _write_csv(result: Rerank, path: Path) -> None:

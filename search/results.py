@@ -16,6 +16,7 @@ import yaml
 from evaluator.config import quality_step
 
 from .journal import CandidateRow, Journal, Session
+from .plugins import import_plugins, plugins_of
 from .states import State
 from .state import make_algorithm, replay
 
@@ -138,13 +139,19 @@ def best_candidate(rows: Sequence[CandidateRow]) -> Optional[CandidateRow]:
 
 
 class RunView:
-    """Read-only access to a run directory: its config and its journal."""
+    """Read-only access to a run directory: its config and its journal; the modules of the config's
+    ``search.plugins`` are imported, so that graphs with plug-in ops parse."""
 
     def __init__(self, run_dir: str | os.PathLike):
         self.run_dir = Path(run_dir)
         self.journal = Journal.open(self.run_dir, readonly=True)
         with open(self.run_dir / CONFIG_FILE) as f:
             self.config: dict[str, Any] = yaml.safe_load(f)
+        try:  # the run's plug-in ops, without which its graphs do not parse
+            import_plugins(plugins_of(self.config), os.fspath(self.run_dir / CONFIG_FILE))
+        except BaseException:
+            self.journal.close()
+            raise
 
     def candidates(self) -> list[CandidateRow]:
         return self.journal.rows()

@@ -12,14 +12,16 @@ import hashlib
 import random
 from typing import Any, Iterator, Mapping, Optional, Protocol, Sequence
 
-from primitives import LayerGraph, seeds as seed_graphs
+from primitives import LayerGraph
 
 from .config import resolve_ops
 from .evolution import Evolution, Member, Proposal
 from .journal import CandidateRow
 from .random_search import RandomSearch
+from .seed_graphs import seed_pairs
 
-__all__ = ["Algorithm", "make_algorithm", "replay", "told_in_order", "tell_row", "proposal_rng", "evaluation_seed"]
+__all__ = ["Algorithm", "make_algorithm", "objectives", "replay", "told_in_order", "tell_row", "proposal_rng",
+           "evaluation_seed"]
 
 
 class Algorithm(Protocol):
@@ -38,15 +40,21 @@ class Algorithm(Protocol):
         """A finished evaluation; ``fitness`` is None unless the candidate passed."""
 
 
+def objectives(cfg: Mapping[str, Any]) -> tuple[str, ...]:
+    """The run's ``search.objectives``; accuracy alone for a run whose config predates the key."""
+    return tuple(cfg["search"].get("objectives", ("accuracy",)))
+
+
 def make_algorithm(cfg: Mapping[str, Any]) -> Algorithm:
+    """The configured algorithm, fresh; random search ignores ``search.objectives`` (results never steer it)."""
     s = cfg["search"]
     ops = resolve_ops(s["ops"])
-    seeds = [(name, seed_graphs.get(name)) for name in s["seeds"]]
+    seeds = seed_pairs(s["seeds"])  # names and graph documents: load_config has read the files and runs
     if s["algorithm"] == "random":
         return RandomSearch(ops, s["num_nodes"], seeds, s["prior"])
     return Evolution(ops, s["population_size"], s["tournament_size"], s["num_nodes"], seeds, s["mutation_nodes"],
                      prior=s["prior"], mutation=s["mutation"], max_initial=s["max_initial"],
-                     max_nodes=s["max_nodes"])
+                     max_nodes=s["max_nodes"], objectives=objectives(cfg))
 
 
 def replay(algorithm: Algorithm, rows: Sequence[CandidateRow]) -> Algorithm:

@@ -62,3 +62,12 @@ def test_time_budget_abandons_evaluations_in_flight(tmp_path, ray_session):
     abandoned = [r for r in rows if r.status == "abandoned"]
     assert len(abandoned) == 2 and all(r.reason == "abandoned" for r in abandoned)
     assert all(r.finished for r in rows if r.status != "abandoned")
+
+
+def test_more_workers_than_the_cluster_fits_start_as_many_as_fit(tmp_path, ray_session, caplog):
+    cfg = small_config("executor.kind=ray", "executor.num_workers=3", "search.max_evaluations=8")
+    result = search.run(cfg, tmp_path / "run", evaluator_factory=functools.partial(FakeEvaluator, sleep=0.02))
+    assert result.stop_reason == "max_evaluations" and result.summary.evaluated == 8
+    rows = search.open_run(result.run_dir).candidates()
+    assert len({r.worker for r in rows if r.duplicate_of is None}) == 2
+    assert "fit 2 at a time; starting 2" in caplog.text
