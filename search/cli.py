@@ -14,9 +14,7 @@ from pathlib import Path
 
 from .command import RESOURCE_ERRORS, USAGE_ERRORS, report_error, setup_logging
 from .config import ConfigError, find_config, load_config
-from .leaderboard import places
 from .results import RunResult, describe_fitness, open_run
-from .state import objectives
 from .driver import default_run_dir, resume, run
 
 __all__ = ["main"]
@@ -89,7 +87,7 @@ def _report(result: RunResult) -> None:
     ranked = {}
     if result.references:
         with open_run(result.run_dir) as view:
-            ranked = places(view.candidates(), objectives(view.config))
+            ranked = view.places()
     for name, row in result.references.items():
         place = f"  rank {ranked[row.id]} passed" if row.id in ranked else ""
         print(f"  reference {name}: {describe_fitness(row)}{place}")

@@ -41,9 +41,7 @@ from .executor import EvaluatorFactory, Executor, Job, Outcome, make_executor
 from .hurdles import clears_hurdle, combine_stages
 from .journal import BACKUP_FILE, JOURNAL_FILE, CandidateRow, Journal, JournalError, JournalWriteError, restore_backup
 from .callbacks import Callbacks
-from .plugins import import_plugins, plugins_of
 from .runlock import RunLock
-from .seed_graphs import freeze_seeds
 from .tensorboard import TensorBoardLogger, require_tensorboard
 from .states import Role, State
 from .results import CONFIG_FILE, RunResult, best_candidate, describe_fitness, summarize, wall_time
@@ -66,11 +64,6 @@ def run(config: Mapping[str, Any] | str | os.PathLike, run_dir: str | os.PathLik
     (default ``runs/<algorithm>-<time>``), which must not hold a journal yet. ``callbacks`` watch it
     (``search.callbacks``)."""
     cfg = load_config(config) if isinstance(config, (str, os.PathLike)) else dict(config)
-    import_plugins(plugins_of(cfg), "search.run's config")  # load_config has, unless the dict was made otherwise
-    # the seeds' files and runs are read once, here at the latest: the saved config holds the graphs themselves,
-    # so a resumed run gets the seeds this one starts with
-    cfg["search"] = {**cfg["search"], "seeds": freeze_seeds(cfg["search"]["seeds"], "search.run's config",
-                                                            plugins_of(cfg))}
     run_dir = Path(run_dir) if run_dir is not None else default_run_dir(cfg)
     watchers = _callbacks(cfg, callbacks)
     prepare_data(cfg)

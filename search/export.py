@@ -20,9 +20,7 @@ from primitives import GraphFormatError, LayerGraph, layer_source, load_graph
 
 from .command import report_error
 from .journal import JournalError
-from .leaderboard import leaderboard
 from .results import open_run
-from .state import objectives
 
 __all__ = ["choose_graph", "class_name_for", "main"]
 
@@ -34,7 +32,7 @@ class ExportError(ValueError):
 def choose_graph(run_dir: str, rank: int | None = None, hash_prefix: str | None = None) -> LayerGraph:
     """The graph of the candidate at ``rank`` (1 = best) or with a structural hash starting ``hash_prefix``."""
     with open_run(run_dir) as view:
-        entries = leaderboard(view.candidates(), objectives=objectives(view.config))
+        entries = view.leaderboard()
     if not entries:
         raise ExportError(f"{run_dir}: no candidate passed every check yet, so there is nothing to export")
     if hash_prefix is not None:

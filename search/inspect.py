@@ -15,10 +15,8 @@ import sys
 from .command import report_error
 from .config import ConfigError
 from .journal import JournalError
-from .leaderboard import leaderboard
 from .report import saved_sections, table, write_plots, write_report
 from .results import open_run
-from .state import objectives
 
 __all__ = ["main"]
 
@@ -38,7 +36,7 @@ def main(argv: list[str] | None = None) -> int:
         compare = [open_run(d) for d in args.compare]
     except (JournalError, OSError, ConfigError) as err:  # ConfigError: a plug-in of the run's that is gone
         return report_error(err)
-    entries = leaderboard(view.candidates(), top=args.top, objectives=objectives(view.config))
+    entries = view.leaderboard(args.top)
     summary = view.summary()
     stages = view.stages_reached()
     if args.json:

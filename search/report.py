@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any, Mapping, Optional, Sequence
 
 from .journal import CandidateRow
-from .leaderboard import Entry, places
+from .leaderboard import Entry
 from .plots import pareto_info, plot_graph, plot_pareto, plot_progress, progress_info
 from .results import RunView
 from .state import objectives
@@ -118,7 +118,7 @@ def write_report(view: RunView, entries: Sequence[Entry], plots: dict[str, Path]
              f"architectures {', '.join(_archs(view))}.", ""]
     lines += [f"- {line}" for line in summary.lines()]
     if refs:
-        ranked = places(view.candidates(), objectives(view.config))
+        ranked = view.places()
         lines += ["", "## References", "", "| reference | status | " + " | ".join(_archs(view)) + " | mean | rank |",
                   "|---|---|" + "---|" * (len(_archs(view)) + 2)]
         for name, r in sorted(refs.items()):

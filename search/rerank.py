@@ -41,11 +41,10 @@ from .config import load_config
 from .driver import prepare_data
 from .executor import EvaluatorFactory, Job, Outcome, make_executor, run_all
 from .journal import CandidateRow
-from .leaderboard import leaderboard, spearman
+from .leaderboard import spearman
 from .plots import RerankPoint, plot_rerank
 from .report import RERANK_FILE, existing_plots, format_table, label, write_report
 from .results import CONFIG_FILE, RunView, open_run
-from .state import objectives
 
 __all__ = ["STEPS_FACTOR", "RerankError", "Trial", "Reranked", "Rerank", "rerank_config", "rerank_seeds",
            "rerank", "rerank_table", "main"]
@@ -150,7 +149,7 @@ def rerank_seeds(run_seed: int, count: int) -> tuple[int, ...]:
 
 def _select(view: RunView, top: int) -> list[tuple[CandidateRow, Optional[int]]]:
     """The top search candidates, then the references, each with its rank in the search."""
-    entries = leaderboard(view.candidates(), top=top, objectives=objectives(view.config))
+    entries = view.leaderboard(top)
     if not entries:
         raise RerankError(f"no search candidate in {view.run_dir} passed every check; nothing to re-rank")
     references = sorted(view.references().values(), key=lambda r: r.id)
@@ -275,7 +274,7 @@ def _write(result: Rerank, view: RunView) -> None:
             f"Raw results: [{CSV_FILE}]({CSV_FILE}).", "", f"![Re-ranking](plots/{PLOT_FILE})", ""]
     section = "\n".join(text)
     (run_dir / RERANK_FILE).write_text(section)  # kept for search.inspect --plots, which rewrites the report
-    entries = leaderboard(view.candidates(), top=result.top, objectives=objectives(view.config))
+    entries = view.leaderboard(result.top)
     write_report(view, entries, existing_plots(run_dir, result.top), [section])
 
 

@@ -18,7 +18,8 @@ from evaluator.config import quality_step
 from .journal import CandidateRow, Journal, Session
 from .plugins import import_plugins, plugins_of
 from .states import State
-from .state import make_algorithm, replay
+from .leaderboard import Entry, leaderboard, places
+from .state import make_algorithm, objectives, replay
 
 __all__ = ["RunSummary", "RunResult", "RunView", "summarize", "best_candidate", "describe_fitness", "wall_time",
            "open_run", "CONFIG_FILE"]
@@ -168,6 +169,14 @@ class RunView:
 
     def best(self) -> Optional[CandidateRow]:
         return best_candidate(self.candidates())
+
+    def leaderboard(self, top: Optional[int] = None) -> list[Entry]:
+        """The passed search candidates, best first, ranked over the run's own objectives."""
+        return leaderboard(self.candidates(), top=top, objectives=objectives(self.config))
+
+    def places(self) -> dict[int, str]:
+        """Each passed reference's place among the search candidates ("N of M"), over the run's objectives."""
+        return places(self.candidates(), objectives(self.config))
 
     def stages_reached(self) -> dict[int, int]:
         """Candidate id -> the stages it trained, for a run with hurdles (empty without)."""

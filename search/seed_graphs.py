@@ -95,10 +95,8 @@ def _from_file(path: str, where: str) -> tuple[str, LayerGraph]:
 def _from_run(entry: str, where: str, plugins: Iterable[str]) -> list[tuple[str, LayerGraph]]:
     # imported here: the run readers sit above the config, which imports this module
     from .journal import JOURNAL_FILE, JournalError
-    from .leaderboard import leaderboard
     from .plugins import plugins_of
     from .results import open_run
-    from .state import objectives
 
     path, _, pick = entry.rpartition("#")
     match = _TOP.match(pick)
@@ -112,7 +110,7 @@ def _from_run(entry: str, where: str, plugins: Iterable[str]) -> list[tuple[str,
                           "directory?")
     try:
         with open_run(path) as view:
-            entries = leaderboard(view.candidates(), top=k, objectives=objectives(view.config))
+            entries = view.leaderboard(k)
             theirs = plugins_of(view.config)
             graphs = [e.row.graph for e in entries]
     except (JournalError, OSError, ConfigError, GraphFormatError) as err:
