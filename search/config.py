@@ -67,7 +67,8 @@ SEARCH_DEFAULTS: dict[str, Any] = {
         "gpus_per_eval": 0.0,       # fractional GPUs per evaluation, e.g. 0.25 runs four on one GPU
         "max_retries": 2,           # re-runs of an evaluation whose worker died, before it is recorded failed
         "hard_timeout": 0.0,        # seconds before a hung evaluation's worker is killed; 0: 2*time_limit + 60
-        "object_store_mb": 256,     # object store of a local Ray instance (records and graphs are small)
+        "object_store_mb": 256,     # object store of a local Ray instance, at least twice the dataset's size
+        "runtime_env": None,        # Ray runtime_env for the workers (working_dir, py_modules, pip, env_vars)
     },
 }
 
@@ -119,6 +120,8 @@ SEARCH_CHECKS: dict[str, tuple[Any, str]] = {
     "executor.max_retries": (lambda v: v >= 0, "0 or a positive count"),
     "executor.hard_timeout": (lambda v: v >= 0, "0 (automatic) or positive seconds"),
     "executor.object_store_mb": (lambda v: v >= 80, "at least 80 (Ray's minimum)"),
+    "executor.runtime_env": (lambda v: v is None or (isinstance(v, Mapping) and all(isinstance(k, str) for k in v)),
+                             "null or a mapping of Ray runtime_env fields (working_dir, py_modules, pip, env_vars, ...)"),
 }
 
 # Keys a resumed run may change: budgets, where the data lives and how evaluations are executed.

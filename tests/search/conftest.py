@@ -14,7 +14,7 @@ def ray_session():
 
     from search.executor import local_ray_options
 
-    ray.init(num_cpus=2, **local_ray_options(100), logging_level="WARNING", log_to_driver=False)
+    ray.init(address="local", num_cpus=2, **local_ray_options(100), logging_level="WARNING", log_to_driver=False)
     ray.cloudpickle.register_pickle_by_value(fakes)
     yield ray
     ray.shutdown()

@@ -3,7 +3,8 @@
 The fake's result is a pure function of the layer's functional fingerprint, so equivalent graphs get equal
 results (as the real evaluator's would) and a run's journal is a pure function of its seed. Its hooks
 (``sleep``, ``crash_marker``, ``interrupt_at``) simulate slow training, a worker killed mid-evaluation and a
-Ctrl-C; they are constructor arguments, so ``functools.partial(FakeEvaluator, ...)`` carries them to Ray actors.
+Ctrl-C, and ``trace`` counts the evaluations that start; they are constructor arguments, so
+``functools.partial(FakeEvaluator, ...)`` carries them to Ray actors.
 """
 from __future__ import annotations
 
@@ -48,8 +49,10 @@ class FakeEvaluator:
     """Fitness and verdict derived from the fingerprint: about a third rejected, some for free."""
 
     def __init__(self, cfg, sleep: float = 0.0, crash_marker: str | None = None, interrupt_at: int | None = None,
-                 noise: float = 0.0):
+                 noise: float = 0.0, data=None, trace: str | None = None):
         self.cfg = cfg
+        self.trace = trace  # a file that gets a line (the fingerprint) whenever an evaluation starts
+        self.data = data  # what the Ray executor sent through the object store (unused: results need no data)
         self.noise = noise  # the spread of a seed-dependent term, so that another seed scores otherwise
         self.sleep = sleep
         self.crash_marker = crash_marker
@@ -60,6 +63,9 @@ class FakeEvaluator:
         m = self.cfg["model"]
         fp = fingerprint(layer, **norm_options(m))
         self.calls.append(fp)
+        if self.trace is not None:
+            with open(self.trace, "a") as f:
+                f.write(fp + "\n")
         if self.crash_marker is not None:
             try:  # the first evaluation of the whole run kills its worker, once
                 os.close(os.open(self.crash_marker, os.O_CREAT | os.O_EXCL))
