@@ -62,6 +62,7 @@ DEFAULTS: dict[str, Any] = {
         "time_limit": 300.0,      # seconds per candidate, all architectures together
         "device": "auto",         # auto | cpu | cuda
         "amp": False,             # bfloat16 autocast on CUDA
+        "channels_last": True,    # NHWC activations: oneDNN's convolutions (and BatchNorm) run faster on them
         "test": False,            # also report test-batch accuracy (final reporting only)
     },
     "prefilter": {"enabled": True},

@@ -215,7 +215,7 @@ class Evaluator:
         s = self.cfg["stability"]
         generator = torch.Generator().manual_seed(derive_seed(seed, arch, "stability"))
         index = torch.randperm(len(self.data.train_y), generator=generator)[:s["batch_size"]]
-        images, labels = self.data.train_batch(index, generator)
+        images, labels = trainer.batch(index, generator)
         norm = worst_grad_norm(trainer.model, images, labels, s["ascent_steps"], s["ascent_lr"])
         if not norm <= s["max_grad_norm"]:
             shown = "not finite" if math.isinf(norm) else f"{norm:.3g}"

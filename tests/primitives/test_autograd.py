@@ -56,3 +56,39 @@ def test_divide_gradients_and_ieee(shape_a, shape_b):
     assert torch.autograd.gradcheck(divide, (a, b)) and torch.autograd.gradgradcheck(divide, (a, b))
     out = divide(torch.tensor([1.0, 0.0, -1.0]), torch.zeros(3))
     assert out[0] == float("inf") and torch.isnan(out[1]) and out[2] == float("-inf")
+
+
+def _channels_last(shape, seed=0):
+    x = torch.randn(shape, dtype=torch.float64, generator=torch.Generator().manual_seed(seed))
+    return x.contiguous(memory_format=torch.channels_last).requires_grad_(True)
+
+
+@pytest.mark.parametrize("axes,kind", list(itertools.product(["batch", "layer", "instance", "group"], ["mean", "var", "msq"])))
+@pytest.mark.parametrize("groups", [1, 2, 4])  # 4 of 4 channels: one channel per group, the instance shortcut
+def test_channels_last_moments_match_the_plain_path(axes, kind, groups):
+    """channels_last inputs take NHWC-friendly sums: the same values and derivatives (to rounding)."""
+    x = _channels_last((3, 4, 2, 3))
+    fn = lambda t: moment(t, axes, kind, groups)  # noqa: E731
+    plain = x.detach().contiguous().requires_grad_(True)
+    torch.testing.assert_close(fn(x), axis_moment(plain, axes, kind, groups))
+    g = torch.randn(fn(x).shape, dtype=torch.float64)
+    (grad,) = torch.autograd.grad(fn(x), x, g)
+    (expected,) = torch.autograd.grad(axis_moment(plain, axes, kind, groups), plain, g)
+    torch.testing.assert_close(grad, expected)
+    assert torch.autograd.gradcheck(fn, (x,))
+    assert torch.autograd.gradgradcheck(fn, (x,))
+
+
+@pytest.mark.parametrize("axes", ["batch", "layer", "instance", "group"])
+@pytest.mark.parametrize("shape", [(3, 4, 2, 3), (2, 4, 5), (3, 4)])
+def test_variance_backward_from_saved_centred_values(axes, shape):
+    """The first-order backward reuses x - mean from the forward pass; double backward recomputes it: both
+    must give plain autograd's gradient of the two-pass variance."""
+    x = torch.randn(shape, dtype=torch.float64, requires_grad=True)
+    g = torch.randn(moment(x, axes, "var", 2).shape, dtype=torch.float64)
+    (first,) = torch.autograd.grad(moment(x, axes, "var", 2), x, g)
+    (second,) = torch.autograd.grad(moment(x, axes, "var", 2), x, g, create_graph=True)
+    (expected,) = torch.autograd.grad(axis_moment(x, axes, "var", 2), x, g)
+    torch.testing.assert_close(first, expected)
+    torch.testing.assert_close(second, expected)
+    assert second.requires_grad

@@ -224,3 +224,27 @@ def test_folded_layer_matches_the_unfolded_formula(rows):
         half.v0.fill_(1e-4), half.weight.fill_(10.0)
     x16 = torch.full((2, 8, 3, 3), 1e-2, dtype=torch.float16)
     assert torch.isfinite(half(x16)).all()
+
+
+@pytest.mark.parametrize("rows", [S0, B0], ids=["s0", "b0"])
+@pytest.mark.parametrize("groups", [4, 16])  # 4 channels per group, and one (group statistics become instance ones)
+def test_channels_last_training_step_matches_nchw_in_float64(rows, groups):
+    """The proxies train channels_last: outputs, input and parameter gradients, and running moments must be
+    those of the NCHW path (to rounding), and the output must stay channels_last for the next convolution."""
+    layer = compile_graph(graph_of(rows), 16, groups=groups).double()
+    randomise(layer)
+    other = copy.deepcopy(layer)
+    x = torch.randn(3, 16, 4, 5, dtype=torch.float64)
+    cl = x.contiguous(memory_format=torch.channels_last).requires_grad_(True)
+    plain = x.clone().requires_grad_(True)
+    out, expected = layer(cl), other(plain)
+    assert out.is_contiguous(memory_format=torch.channels_last)
+    torch.testing.assert_close(out, expected)
+    g = torch.randn(out.shape, dtype=torch.float64)
+    out.backward(g)
+    expected.backward(g)
+    torch.testing.assert_close(cl.grad, plain.grad)
+    for (name, p), q in zip(layer.named_parameters(), other.parameters()):
+        torch.testing.assert_close(p.grad, q.grad, msg=name)
+    for a, b in zip(layer.buffers(), other.buffers()):
+        torch.testing.assert_close(a, b)
