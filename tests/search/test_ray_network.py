@@ -13,7 +13,7 @@ import pytest
 from tests.search.sockets import LOOPBACK, LOOPBACKS, listening_names
 
 
-def test_local_ray_listens_on_loopback_or_on_its_grpc_servers_only(ray_session):
+def test_local_ray_listens_on_loopback_only(ray_session):
     @ray_session.remote
     def ping():
         return os.getpid()
