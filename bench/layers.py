@@ -9,11 +9,15 @@ EvoNorm2dS0/B0 with ``impl="reference"`` and ``impl="fused"``. Each repeat runs 
 layer in turn, so machine load hits them alike; a layer's time is its fastest step (the least
 disturbed one) and the median is kept too. Saved activations are the bytes that autograd packs
 (``torch.autograd.graph.saved_tensors_hooks``; one count per storage), in units of the input size.
-Fused layers compile on their first call (not timed). Writes ``bench/results/layers.csv`` and
-``layers.png``.
+Fused layers compile on their first call (not timed). glibc's malloc hands large freed blocks back
+to the kernel and takes them again on the next step (thousands of page faults, several ms, falling
+on whichever layer's allocation order triggers it); ``steady_malloc`` keeps them in the heap, as a
+training loop's steady state does, for every layer alike (``--default-malloc`` to skip). Writes ``bench/results/layers.csv`` and
+``layers.png`` (``layers_<n>threads.*`` for ``--threads n`` above 1).
 """
 from __future__ import annotations
 
+import ctypes
 import platform
 import statistics
 import time
@@ -46,6 +50,16 @@ def candidates(channels: int) -> Dict[str, Callable[[], nn.Module]]:
         made[f"{impl}_s0"] = lambda impl=impl: evonorm.EvoNorm2dS0(channels, impl=impl)
         made[f"{impl}_b0"] = lambda impl=impl: evonorm.EvoNorm2dB0(channels, impl=impl)
     return made
+
+
+def steady_malloc() -> bool:
+    """Stop glibc from returning freed tensors' memory to the kernel (no-op elsewhere)."""
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+    except OSError:
+        return False
+    m_trim_threshold, m_mmap_threshold = -1, -3
+    return bool(libc.mallopt(m_mmap_threshold, 32 << 20) and libc.mallopt(m_trim_threshold, 2**31 - 1))
 
 
 def saved_bytes(layer: nn.Module, x: torch.Tensor) -> int:
@@ -124,10 +138,14 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=15)
     parser.add_argument("--shapes", nargs="+", default=SHAPES, help="N,C,H,W each")
     parser.add_argument("--layouts", nargs="+", default=list(LAYOUTS), choices=list(LAYOUTS))
+    parser.add_argument("--default-malloc", action="store_true",
+                        help="leave glibc's malloc trimming on (see the module docstring)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
+    steady = not args.default_malloc and steady_malloc()
     print(f"{platform.processor() or platform.machine()}, torch {torch.__version__}, "
-          f"{torch.get_num_threads()} thread(s), best of {args.repeats} interleaved steps")
+          f"{torch.get_num_threads()} thread(s), best of {args.repeats} interleaved steps, "
+          f"{'steady' if steady else 'default'} malloc")
     rows = []
     for shape in args.shapes:
         for layout in args.layouts:
@@ -140,9 +158,10 @@ def main() -> None:
                 print(f"  {r['layer']:<14}{r['time_vs_bn_relu']:>9.2f}"
                       f"{r['median_ms'] / base_median:>11.2f}{r['saved_vs_input']:>13.2f}",
                       flush=True)
-    harness.save_csv(args.out, "layers.csv", rows)
-    plot(rows, args.out / "layers.png")
-    print(f"wrote {args.out / 'layers.png'}")
+    stem = "layers" if args.threads == 1 else f"layers_{args.threads}threads"
+    harness.save_csv(args.out, f"{stem}.csv", rows)
+    plot(rows, args.out / f"{stem}.png")
+    print(f"wrote {args.out / (stem + '.png')}")
 
 
 if __name__ == "__main__":

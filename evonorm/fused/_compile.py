@@ -52,10 +52,11 @@ def set_cpu_compile(enabled: bool) -> bool:
 
 
 def compiling_enabled(tensors: Sequence[Tensor]) -> bool:
-    """True when ``run`` would use (or build) a compiled kernel for these tensors."""
+    """True when ``run`` would use (or build) a compiled kernel for these tensors, the first of
+    which is the full-size one."""
     return (_state["enabled"] and not _state["failed"]
-            and max(t.numel() for t in tensors) >= MIN_NUMEL
-            and all(t.device.type == "cpu" for t in tensors)
+            and tensors[0].numel() >= MIN_NUMEL
+            and all(t.is_cpu for t in tensors)
             and torch._C._len_torch_dispatch_stack() == 0)
 
 
@@ -72,10 +73,6 @@ def _options(tensors: Sequence[Tensor]) -> dict:
     return dict(_INDUCTOR_OPTIONS, **{"cpp.use_two_step_variance_threshold": 0})
 
 
-def _signature(t: Tensor) -> Tuple:
-    return tuple(t.shape), t.stride(), t.dtype
-
-
 def run(fn: Callable, tensors: Sequence[Tensor], **statics) -> Tuple[Tensor, ...]:
     """``fn(*tensors, **statics)``, through a compiled kernel when :func:`compiling_enabled`.
 
@@ -83,8 +80,9 @@ def run(fn: Callable, tensors: Sequence[Tensor], **statics) -> Tuple[Tensor, ...
     """
     if not compiling_enabled(tensors):
         return fn(*tensors, **statics)
-    key = (fn.__module__, fn.__qualname__, tuple(sorted(statics.items())),
-           tuple(_signature(t) for t in tensors))
+    # The generated C++ runs on as many OpenMP threads as torch had when it was compiled.
+    key = (fn, torch.get_num_threads(), *statics.items(),
+           *[(t.shape, t.stride(), t.dtype) for t in tensors])
     kernel = _kernels.get(key)
     if kernel is None:
         kernel = _compile(fn, tensors, statics)
@@ -113,11 +111,23 @@ def _compile(fn: Callable, tensors: Sequence[Tensor], statics: dict):
         return None
 
 
-def in_loop_of(t: Tensor, channel_dependent: Tensor) -> Tensor:
-    """``t`` itself, tied to a per-channel value so inductor reduces it in that value's loop nest.
+def stored_here(t: Tensor) -> Tensor:
+    """``t`` itself (a view), which inductor stores at this point of the graph.
+
+    Inductor orders its loops by when buffers are stored, and fuses an elementwise output into a
+    reduction's loop (sharing loads and subexpressions) only when the output comes first; left
+    alone, an output is stored last. ``as_strided`` makes inductor store its input on the spot.
+    """
+    return t.as_strided(t.shape, t.stride())
+
+
+def in_loop_of(t: Tensor, *deps: Tensor) -> Tensor:
+    """``t`` itself, tied to other values so inductor computes it in their loop nest.
 
     A sum whose operands do not depend on the channel (``grad_y.sum(spatial)``) gets its (N, C)
     loops flattened into one, which for NCHW stops inductor from fusing it with the per-channel
-    sums: ``grad_y`` would be read twice. ``where(c == c, t, t)`` is ``t`` exactly, even for NaN.
+    sums: ``grad_y`` would be read twice. ``where(d == d, t, t)`` is ``t`` exactly, even for NaN.
     """
-    return torch.where(channel_dependent == channel_dependent, t, t)
+    for dep in deps:
+        t = torch.where(dep == dep, t, t)
+    return t

@@ -45,7 +45,7 @@ from torch import Tensor
 
 from ._layout import dense_like, memory_format
 from .._stats import stat_dtype
-from ._library import define_pair
+from ._library import define_pair, entry
 from ._moments import merge_batch
 
 FORWARD_SCHEMA = ("(Tensor x, Tensor weight, Tensor bias, Tensor v, Tensor? running_var, "
@@ -127,5 +127,5 @@ def apply(op, x: Tensor, weight: Tensor, bias: Tensor, v: Tensor, running_var: O
           eps: float):
     """(y, batch_var) of a defined forward op, ``x`` made dense (contiguous or channels_last)."""
     x = x.contiguous(memory_format=memory_format(x))
-    y, _mean, _std, _batch_mean, batch_var = op(x, weight, bias, v, running_var, eps)
+    y, _mean, _std, _batch_mean, batch_var = entry(op)(x, weight, bias, v, running_var, eps)
     return y, batch_var

@@ -11,64 +11,89 @@ losing vectorisation to the channel -> group index division.
 Performance: forward is one statistics pass over ``x`` (NCHW rows of <= 1024 elements are read
 twice, mean then variance, the second time from cache; channels_last uses Welford) plus an
 elementwise pass; backward one pass reading ``(x, grad_y)`` for the three sums and one writing
-``grad_x``. The sigmoid is evaluated once per element in each pass and never stored. Saved for
-backward: ``x`` and two (N, G) statistics. On channels_last the sums read a strided outer axis,
-where PyTorch's BatchNorm does not. The sigmoid is most of the cost: it is evaluated in every pass but
-the statistics. Python dispatch (custom op, autograd, 4 kernel calls) shows on small shapes. The first
-call for a new shape, layout or dtype compiles (cached on disk by inductor). ``bench/layers.py``
-measures time and memory against BatchNorm2d + ReLU and timm; the README has the numbers.
+``grad_x``. Nothing full-size is saved for backward but ``x`` (plus two (N, G) statistics), so the
+sigmoid is evaluated in every pass but the statistics, except that on NCHW the sums' pass also
+stores the part of ``grad_x`` that needs it (float32, one extra write and read) and the last pass
+evaluates none. On channels_last inductor fuses no such store into its strided sums, which run
+about 1.4x slower than NCHW's (see :mod:`._rows`); there the layer roughly ties BatchNorm2d + ReLU.
+The first call for a new shape, layout or dtype compiles (cached on disk by inductor).
+``bench/layers.py`` measures time and memory against BatchNorm2d + ReLU and timm; the README has the
+numbers.
 """
 import torch
 from torch import Tensor
 
-from .._stats import spatial_dims, stat_dtype
+from .._stats import groups_to_channels, stat_dtype
 from . import _compile, s0_op
-from ._layout import broadcast
+from ._layout import memory_format
+from ._rows import channel_sum, moments, per_channel, per_sample, rows, unrows
 
 
-def _gate_arg(xc: Tensor, v, x: Tensor) -> Tensor:
-    return xc if v is None else xc * broadcast(v.to(xc.dtype), x)
+def _gate_arg(xc: Tensor, v) -> Tensor:
+    return xc if v is None else xc * per_channel(v.to(xc.dtype), xc)
 
 
 def stats_math(x: Tensor, weight: Tensor, *, groups: int, eps: float, centered: bool):
     """Pass 1 of forward: (mean, rstd, scale) of :func:`.s0_op.forward_coefficients`."""
-    var, mean = torch.var_mean(x.to(stat_dtype(x.dtype)), dim=spatial_dims(x),
-                               correction=0)
+    mean, var = moments(rows(x).to(stat_dtype(x.dtype)))
     return s0_op.forward_coefficients(mean, var, weight, groups, eps, centered)
 
 
 def output_math(x: Tensor, scale: Tensor, bias: Tensor, v=None):
     """Pass 2 of forward: y = x sigmoid(v x) scale + bias."""
-    xc = x.to(scale.dtype)
-    y = xc * torch.sigmoid(_gate_arg(xc, v, x)) * broadcast(scale, x)
-    return (y + broadcast(bias.to(scale.dtype), x)).to(x.dtype),
+    xc = rows(x).to(scale.dtype)
+    y = xc * torch.sigmoid(_gate_arg(xc, v)) * per_sample(scale, xc)
+    return unrows((y + per_channel(bias.to(scale.dtype), xc)).to(x.dtype), x),
 
 
-def sums_math(grad_y: Tensor, x: Tensor, weight: Tensor, mean: Tensor, rstd: Tensor, v=None):
-    """Pass 1 of backward: :func:`.s0_op.backward_coefficients` of the per-(n, c) sums."""
-    xc, g = x.to(rstd.dtype), grad_y.to(rstd.dtype)
-    dims = spatial_dims(x)
-    z = _gate_arg(xc, v, x)
+def sums_math(grad_y: Tensor, x: Tensor, weight: Tensor, mean: Tensor, rstd: Tensor, v=None, *,
+              partial: bool):
+    """Pass 1 of backward: :func:`.s0_op.backward_coefficients` of the per-(n, c) sums; with
+    ``partial``, also the part of grad_x that needs no sum, ``g a (s + v x s(1-s))``, in the
+    statistics' dtype, so that pass 2 evaluates no sigmoid."""
+    xc, g = rows(x).to(rstd.dtype), rows(grad_y, like=x).to(rstd.dtype)
+    z = _gate_arg(xc, v)
     # Every use of the gate calls sigmoid afresh: on CPU inductor stores any reused value that
     # involves an exp (a full-size write and two reads), while single-use calls inline into the
     # loop, where its common-subexpression pass evaluates them once.
+    ties = [z]
+    if partial:  # NCHW: fused into the sums' loop, sharing its sigmoid (channels_last: see above)
+        a = per_sample(groups_to_channels(rstd, x.shape[1]) * weight.to(rstd.dtype), xc)
+        ties = [a, _compile.stored_here(g * a * _slope(z))]
     gx = g * xc
-    sum_gh = (gx * torch.sigmoid(z)).sum(dims)
+    sum_gh = channel_sum(gx * torch.sigmoid(z))
     sum_gv = None
     if v is not None:
-        sum_gv = (gx * xc * torch.sigmoid(z) * (1 - torch.sigmoid(z))).sum(dims)
+        sum_gv = channel_sum(gx * xc * torch.sigmoid(z) * (1 - torch.sigmoid(z)))
     count = x.numel() // (x.shape[0] * rstd.shape[1])
-    sum_g = _compile.in_loop_of(g, z).sum(dims)
-    return s0_op.backward_coefficients(sum_gh, sum_gv, sum_g, weight, v, mean, rstd, count)
+    sum_g = channel_sum(_compile.in_loop_of(g, *ties))
+    grad_w, grad_b, grad_v, a, k, mu = s0_op.backward_coefficients(
+        sum_gh, sum_gv, sum_g, weight, v, mean, rstd, count)
+    if partial:
+        return grad_w, grad_b, grad_v, k, mu, ties[1]
+    return grad_w, grad_b, grad_v, a, k, mu
 
 
 def grad_x_math(grad_y: Tensor, x: Tensor, a: Tensor, k: Tensor, mu: Tensor, v=None):
     """Pass 2 of backward: grad_x = g a (s + v x s(1-s)) + k (x - mu)."""
-    xc, g = x.to(a.dtype), grad_y.to(a.dtype)
-    z = _gate_arg(xc, v, x)
-    slope = torch.sigmoid(z) * (1 + z * (1 - torch.sigmoid(z)))
-    grad_x = g * broadcast(a, x) * slope + broadcast(k, x) * (xc - broadcast(mu, x))
-    return grad_x.to(x.dtype),
+    xc, g = rows(x).to(a.dtype), rows(grad_y, like=x).to(a.dtype)
+    grad_x = g * per_sample(a, xc) * _slope(_gate_arg(xc, v)) + _centred(xc, k, mu)
+    return unrows(grad_x.to(x.dtype), x),
+
+
+def finish_grad_x_math(partial: Tensor, x: Tensor, k: Tensor, mu: Tensor):
+    """Pass 2 of backward after a ``partial`` pass 1: grad_x = partial + k (x - mu)."""
+    xc = rows(x).to(k.dtype)
+    return unrows((partial + _centred(xc, k, mu)).to(x.dtype), x),
+
+
+def _slope(z: Tensor) -> Tensor:
+    """s + z s (1 - s), s = sigmoid(z): the derivative of x sigmoid(v x) in x, at z = v x."""
+    return torch.sigmoid(z) * (1 + z * (1 - torch.sigmoid(z)))
+
+
+def _centred(xc: Tensor, k: Tensor, mu: Tensor) -> Tensor:
+    return per_sample(k, xc) * (xc - per_sample(mu, xc))
 
 
 def _forward(x, weight, bias, v, groups, eps, centered):
@@ -79,16 +104,22 @@ def _forward(x, weight, bias, v, groups, eps, centered):
 
 
 def _backward(grad_y, x, weight, v, mean, rstd, groups, centered):
-    grad_w, grad_b, grad_v, a, k, mu = _run(sums_math, [grad_y, x, weight, mean, rstd], v)
-    grad_x, = _run(grad_x_math, [grad_y, x, a, k, mu], v)
+    if memory_format(x) == torch.contiguous_format:
+        grad_w, grad_b, grad_v, k, mu, partial = _run(
+            sums_math, [grad_y, x, weight, mean, rstd], v, partial=True)
+        grad_x, = _compile.run(finish_grad_x_math, [partial, x, k, mu])
+    else:
+        grad_w, grad_b, grad_v, a, k, mu = _run(
+            sums_math, [grad_y, x, weight, mean, rstd], v, partial=False)
+        grad_x, = _run(grad_x_math, [grad_y, x, a, k, mu], v)
     return grad_x, grad_w, grad_b, grad_v
 
 
-def _run(fn, tensors, v):
+def _run(fn, tensors, v, **statics):
     """``_compile.run`` with the optional ``v`` last among the tensors, or static when None."""
     if v is None:
-        return _compile.run(fn, tensors, v=None)
-    return _compile.run(fn, tensors + [v])
+        return _compile.run(fn, tensors, v=None, **statics)
+    return _compile.run(fn, tensors + [v], **statics)
 
 
 evonorm_s0_cpu = s0_op.define("cpu", _forward, _backward)

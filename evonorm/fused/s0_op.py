@@ -41,7 +41,7 @@ from torch import Tensor
 
 from ._layout import dense_like, memory_format
 from .._stats import groups_to_channels, stat_dtype
-from ._library import define_pair
+from ._library import define_pair, entry
 from ._moments import merge_groups
 
 FORWARD_SCHEMA = ("(Tensor x, Tensor weight, Tensor bias, Tensor? v, int groups, float eps, "
@@ -125,4 +125,4 @@ def apply(op, x: Tensor, weight: Tensor, bias: Tensor, v, groups: int, eps: floa
           centered: bool) -> Tensor:
     """Run a defined forward op on ``x`` made dense (contiguous or channels_last) first."""
     x = x.contiguous(memory_format=memory_format(x))
-    return op(x, weight, bias, v, groups, eps, centered)[0]
+    return entry(op)(x, weight, bias, v, groups, eps, centered)[0]

@@ -151,6 +151,9 @@ def test_deterministic():
     ("S2", (2, 16, 3, 3), False, True),
     ("B0", (3, 12, 1, 1), False, True),  # 1x1 spatial
     ("B0", (2, 24, 3, 4), True, False),
+    ("S0", (3, 16, 3, 3), False, True),  # NCHW with v: grad_x's first part comes from the sums' pass
+    ("S0", (2, 64, 12, 12), True, True),  # channels_last summed in _rows.chunk tiles: 2 of 72 rows
+    ("B0", (2, 256, 6, 6), True, True),  # 2 tiles of 18 rows
 ])
 def test_compiled_kernels_match_reference(compiled, variant, shape, channels_last, training):
     fast, ref = make_pair(variant, shape)
