@@ -1,8 +1,11 @@
 """Where a proxy training step's time goes: convolutions, candidate layers, other ops, Python overhead, the
 optimizer, data, and validation, per layer and architecture, for one config (default: the quick search's).
 
-    python bench/profile_step.py [--config configs/quick.yaml] [--layers evonorm_s0,bn_relu]
+    python bench/profile_step.py [--config configs/quick.yaml] [--layers evonorm_s0,bn_relu,graph.yaml]
                                  [--steps 40] [--profiled 20] [--set key=value ...] [--name profile_step]
+
+A layer is a name (a reference or a seed) or a graph file (``.yaml``, as ``save_graph`` writes them and
+``search.export`` reads them), so the random candidates a search journal holds can be profiled too.
 
 For each layer and architecture it builds the network and trainer as the evaluator does and then:
 
@@ -22,9 +25,9 @@ profiles another version (with the config translated as ``commit_bench`` does). 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import csv
 import os
-import statistics
 import sys
 import tempfile
 import time
@@ -40,9 +43,11 @@ from commit_bench import _parse_value, adapt_config  # noqa: E402
 import evaluator  # noqa: E402
 from evaluator import config as config_mod  # noqa: E402
 from evaluator import data as data_mod  # noqa: E402
+from evaluator import train as train_mod  # noqa: E402
 from evaluator.evaluate import Evaluator, derive_seed  # noqa: E402
 from evaluator.models import build_model, resolve_layer  # noqa: E402
 from evaluator.train import Trainer  # noqa: E402
+from primitives import load_graph  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 CONV = ("aten::conv2d", "aten::convolution", "aten::_convolution", "aten::mkldnn_convolution")
@@ -177,16 +182,28 @@ def _seq_of(event) -> int:
     return -1
 
 
+def resolve(layer: str):
+    """A layer name as the evaluator resolves it, or the graph in a ``.yaml`` file."""
+    return load_graph(layer) if layer.endswith((".yaml", ".yml")) else resolve_layer(layer)
+
+
+def _numerics(cfg: dict):
+    """The evaluator's float settings (subnormals flushed), as in an evaluation; an older one has none."""
+    flush = getattr(train_mod, "flush_denormal", None)
+    return flush(cfg["train"]["flush_denormal"]) if flush else contextlib.nullcontext()
+
+
 def profile_one(ev: Evaluator, cfg: dict, layer: str, arch: str, steps: int, profiled: int, seed: int) -> dict:
     torch.manual_seed(derive_seed(seed, arch, "init"))
-    model = build_model(arch, cfg["model"], _Tagged(ev._factory(resolve_layer(layer))))
+    model = build_model(arch, cfg["model"], _Tagged(ev._factory(resolve(layer))))
     trainer = Trainer(model, ev.data, cfg["train"], derive_seed(seed, arch, "data"), cfg["train"]["lr_scale"][arch])
-    timed_steps(trainer, 5)  # warm-up: first calls set up kernels
-    split = timed_steps(trainer, steps)
-    t0 = time.perf_counter()
-    trainer.accuracy()
-    validation = time.perf_counter() - t0
-    fractions = profiled_fractions(trainer, profiled)
+    with _numerics(cfg):
+        timed_steps(trainer, 5)  # warm-up: first calls set up kernels
+        split = timed_steps(trainer, steps)
+        t0 = time.perf_counter()
+        trainer.accuracy()
+        validation = time.perf_counter() - t0
+        fractions = profiled_fractions(trainer, profiled)
     row = {"layer": layer, "arch": arch}
     for k in ("conv", "norm", "other_ops", "python"):
         row[k] = 1e3 * split["fwd_bwd"] * fractions[k]

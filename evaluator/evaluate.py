@@ -35,7 +35,7 @@ from .data import Dataset, load_dataset
 from .fingerprint import fingerprint
 from .models import Layer, NormActFactory, build_model, layer_name, norm_options, resolve_layer
 from .rejection import prefilter, worst_grad_norm
-from .train import NonFiniteError, TimeLimitError, Trainer
+from .train import NonFiniteError, TimeLimitError, Trainer, flush_denormal
 
 __all__ = ["Status", "REJECTIONS", "FAILURES", "REASONS", "EvalRecord", "Evaluator", "evaluate", "derive_seed", "pick_device"]
 
@@ -158,7 +158,8 @@ class Evaluator:
             torch.set_num_threads(self.cfg["train"]["threads"])
             layer = resolve_layer(layer)
             fp = self.fingerprint(layer)
-            record = self._run(layer, seed, trainers, where, start + self.cfg["train"]["time_limit"])
+            with flush_denormal(self.cfg["train"]["flush_denormal"]):
+                record = self._run(layer, seed, trainers, where, start + self.cfg["train"]["time_limit"])
         except _Rejected as r:
             record = EvalRecord.for_reason(r.reason, r.detail)
         except NonFiniteError as err:

@@ -3,9 +3,9 @@
 A ``Trainer`` owns one network's optimiser, schedule and batch order, and trains in segments
 (``train_to(step)``), so the evaluator can stop at the quality check and resume later. With
 ``train.channels_last`` the network and its batches are NHWC, which oneDNN's convolutions and BatchNorm run
-faster on CPU; only rounding changes. It never hides a
-blow-up: a non-finite loss or non-finite eval-mode outputs raise ``NonFiniteError``, and a passed deadline
-raises ``TimeLimitError``; the evaluator turns both into records.
+faster on CPU; only rounding changes. With ``train.flush_denormal`` an evaluation counts subnormal floats as
+0 (``flush_denormal``). It never hides a blow-up: a non-finite loss or non-finite eval-mode outputs raise
+``NonFiniteError``, and a passed deadline raises ``TimeLimitError``; the evaluator turns both into records.
 """
 from __future__ import annotations
 
@@ -20,7 +20,8 @@ from torch import nn
 
 from .data import BatchOrder, Dataset
 
-__all__ = ["Trainer", "NonFiniteError", "TimeLimitError", "make_optimizer", "lr_factor", "accuracy"]
+__all__ = ["Trainer", "NonFiniteError", "TimeLimitError", "make_optimizer", "lr_factor", "accuracy",
+           "flush_denormal"]
 
 # How often a training loop looks at the loss: each look is a device sync on CUDA.
 CHECK_EVERY = 10
@@ -65,6 +66,25 @@ def _autocast(device: torch.device, amp: bool):
     if amp and device.type == "cuda":
         return torch.autocast("cuda", dtype=torch.bfloat16)
     return contextlib.nullcontext()
+
+
+@contextlib.contextmanager
+def flush_denormal(enabled: bool = True):
+    """Subnormal floats (magnitude below 1.2e-38 in float32, 2.2e-308 in float64) read and written as 0 on CPU,
+    in this thread (all of an evaluation at ``train.threads: 1``), until the block ends.
+
+    x86 CPUs compute on subnormals in microcode, tens of times slower, so a candidate whose activations or
+    gradients underflow would be judged on a slow machine. Values of normal size are untouched. Ends in the
+    default state (off): torch cannot read the previous one.
+    """
+    if not enabled:
+        yield
+        return
+    torch.set_flush_denormal(True)
+    try:
+        yield
+    finally:
+        torch.set_flush_denormal(False)
 
 
 def memory_format(channels_last: bool) -> torch.memory_format:

@@ -1,7 +1,8 @@
 """Lean backward passes for the ops that dominate a compiled candidate's training step on CPU.
 
-Autograd's own backward of ``torch.maximum`` (masks, ``masked_fill``, tie splitting), of division and of a
-two-pass variance take several full passes each; these Functions take one to three. Their forward passes are
+Autograd's own backward of ``torch.maximum`` (masks, ``masked_fill``, tie splitting), of division, of a
+two-pass variance and of the double-``where`` sign-preserving log and sqrt take several full passes each;
+these Functions take one to three (five or six for log and sqrt, against about ten). Their forward passes are
 the very functions of ``primitives.stats``, ``torch.maximum`` and ``torch.div`` (or the same ops in the same
 order), so outputs are bit-identical to the plain path (and to exported layers). Backward passes are written
 with differentiable torch ops on saved inputs (or outputs), so double backward (the evaluator's stability
@@ -15,9 +16,9 @@ from __future__ import annotations
 
 import torch
 
-from .stats import accumulate, axis_moment, reduce_dims, reduce_moment
+from .stats import accumulate, axis_moment, reduce_dims
 
-__all__ = ["divide", "maximum", "moment", "is_channels_last"]
+__all__ = ["divide", "maximum", "moment", "signed_log", "signed_sqrt", "is_channels_last"]
 
 
 def is_channels_last(x: torch.Tensor) -> bool:
@@ -88,6 +89,47 @@ class _Divide(torch.autograd.Function):
 
 def divide(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return _Divide.apply(a, b)
+
+
+class _SignedLog(torch.autograd.Function):
+    """sign(a) ln|a|, 0 at a == 0 (``ops.signed_log``'s values, in 6 passes rather than 9); gradient 1/|a|,
+    0 at 0, autograd's value bit for bit, in 5 passes."""
+
+    @staticmethod
+    def forward(ctx, a):
+        ctx.save_for_backward(a)
+        return torch.where(a == 0, 0.0, torch.sign(a) * torch.log(torch.abs(a)))
+
+    @staticmethod
+    def backward(ctx, grad):
+        (a,) = ctx.saved_tensors
+        zero = a == 0  # a safe divisor there, so that double backward meets no 0/0 either
+        return torch.where(zero, 0.0, grad / torch.where(zero, 1.0, torch.abs(a)))
+
+
+class _SignedSqrt(torch.autograd.Function):
+    """sign(a) sqrt|a|, 0 at a == 0 (``ops.signed_sqrt``'s values, in 6 passes rather than 9); gradient
+    1 / (2 sqrt|a|), 0 at 0, the root reused from forward (autograd's value bit for bit, in 6 passes)."""
+
+    @staticmethod
+    def forward(ctx, a):
+        out = torch.where(a == 0, 0.0, torch.sign(a) * torch.sqrt(torch.abs(a)))
+        ctx.save_for_backward(out)
+        return out
+
+    @staticmethod
+    def backward(ctx, grad):
+        (out,) = ctx.saved_tensors
+        zero = out == 0
+        return torch.where(zero, 0.0, grad / (2 * torch.where(zero, 1.0, torch.abs(out))))
+
+
+def signed_log(a: torch.Tensor) -> torch.Tensor:
+    return _SignedLog.apply(a)
+
+
+def signed_sqrt(a: torch.Tensor) -> torch.Tensor:
+    return _SignedSqrt.apply(a)
 
 
 def _moment_grad(xa: torch.Tensor, grad: torch.Tensor, dims: list[int], kind: str) -> torch.Tensor:

@@ -20,6 +20,7 @@ from typing import Callable, Optional
 
 import torch
 
+from . import autograd
 from .autograd import divide, maximum
 from .stats import MOMENT_OF
 
@@ -31,14 +32,15 @@ STATS = ("mean", "std", "rms")
 
 
 def signed_log(a: torch.Tensor) -> torch.Tensor:
-    """sign(a) * ln|a|, 0 (with gradient 0) at a == 0."""
+    """sign(a) * ln|a|, 0 (with gradient 0) at a == 0. The compiler runs ``autograd.signed_log`` instead (the
+    same values, a leaner backward); exported layers carry this source."""
     zero = a == 0
     safe = torch.where(zero, torch.ones_like(a), a)
     return torch.where(zero, torch.zeros_like(a), torch.sign(safe) * torch.log(torch.abs(safe)))
 
 
 def signed_sqrt(a: torch.Tensor) -> torch.Tensor:
-    """sign(a) * sqrt|a|, 0 (with gradient 0) at a == 0."""
+    """sign(a) * sqrt|a|, 0 (with gradient 0) at a == 0 (compiled as ``autograd.signed_sqrt``, as above)."""
     zero = a == 0
     safe = torch.where(zero, torch.ones_like(a), a)
     return torch.where(zero, torch.zeros_like(a), torch.sign(safe) * torch.sqrt(torch.abs(safe)))
@@ -90,10 +92,10 @@ def _elementwise() -> list[Op]:
            code="torch.sigmoid({0})"),
         Op("tanh", arity=1, commutative=False, formula="tanh({0})", fn=torch.tanh, code="torch.tanh({0})"),
         Op("exp", arity=1, commutative=False, formula="exp({0})", fn=torch.exp, code="torch.exp({0})"),
-        Op("log", arity=1, commutative=False, formula="log({0})", fn=signed_log, code="signed_log({0})"),
+        Op("log", arity=1, commutative=False, formula="log({0})", fn=autograd.signed_log, code="signed_log({0})"),
         Op("abs", arity=1, commutative=False, formula="abs({0})", fn=torch.abs, code="torch.abs({0})"),
         Op("square", arity=1, commutative=False, formula="square({0})", fn=torch.square, code="torch.square({0})"),
-        Op("sqrt", arity=1, commutative=False, formula="sqrt({0})", fn=signed_sqrt, code="signed_sqrt({0})"),
+        Op("sqrt", arity=1, commutative=False, formula="sqrt({0})", fn=autograd.signed_sqrt, code="signed_sqrt({0})"),
     ]
 
 

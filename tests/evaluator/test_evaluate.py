@@ -6,6 +6,7 @@ import json
 import math
 
 import pytest
+import torch
 
 from evaluator.config import ConfigError
 from evaluator.evaluate import REASONS, EvalRecord, Evaluator, Status, evaluate
@@ -165,3 +166,17 @@ def test_record_refuses_inconsistent_status_and_reason(kwargs):
 def test_wall_time_and_fingerprint_on_every_outcome(run):
     for record in (run(ZERO), run("bn_relu", "train.time_limit=0.001")):
         assert record.fingerprint is not None and math.isfinite(record.wall_time)
+
+
+def test_an_evaluation_flushes_subnormals_and_restores_them(run, monkeypatch):
+    seen = []
+
+    def probe(*args, **kwargs):
+        seen.append((torch.tensor([1e-39]) * 1.0).item())  # a float32 subnormal
+        return EvalRecord(Status.OK)
+
+    monkeypatch.setattr(Evaluator, "_run", probe)
+    run("bn_relu")
+    run("bn_relu", "train.flush_denormal=false")
+    assert seen[0] == 0.0 and seen[1] != 0.0
+    assert (torch.tensor([1e-39]) * 1.0).item() != 0.0

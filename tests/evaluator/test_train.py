@@ -1,5 +1,5 @@
-"""The trainer's speed settings (channels_last networks, foreach SGD, validation in inference mode) change
-rounding only, never what is trained or scored."""
+"""The trainer's speed settings (channels_last networks, foreach SGD, validation in inference mode, flushed
+subnormals) change rounding only, never what is trained or scored."""
 from __future__ import annotations
 
 import copy
@@ -10,7 +10,7 @@ import torch.nn.functional as F
 
 from evaluator.data import load_dataset
 from evaluator.models import NormActFactory, build_model
-from evaluator.train import NonFiniteError, Trainer, accuracy, make_optimizer
+from evaluator.train import NonFiniteError, Trainer, accuracy, flush_denormal, make_optimizer
 
 
 @pytest.fixture
@@ -86,3 +86,29 @@ def test_accuracy_counts_every_batch_and_refuses_non_finite_outputs():
     with pytest.raises(NonFiniteError):
         accuracy(net, images, labels, 3)
     assert net.training
+
+
+def _flushes() -> bool:
+    return (torch.tensor([1e-39]) * 1.0).item() == 0.0  # a float32 subnormal
+
+
+def test_flush_denormal_only_inside_its_block_and_bn_relu_trains_the_same(tiny_cfg, data):
+    """Subnormals count as 0 in the block and are back after it (even after an error); a layer whose values
+    stay normal trains to the same bits with it on or off."""
+    assert not _flushes()
+    with flush_denormal(True):
+        assert _flushes()
+    with pytest.raises(RuntimeError), flush_denormal(True):
+        raise RuntimeError("a failed evaluation")
+    assert not _flushes()
+    with flush_denormal(False):
+        assert not _flushes()
+    cfg = tiny_cfg()
+    nets = []
+    for flush in (False, True):
+        trainer = _trainer(cfg, data, "bn_relu", "resnet", channels_last=True)
+        with flush_denormal(flush):
+            trainer.train_to(5)
+        nets.append(trainer.model)
+    for a, b in zip(*(net.state_dict().values() for net in nets)):
+        assert torch.equal(a, b)

@@ -4,7 +4,8 @@ import itertools
 import pytest
 import torch
 
-from primitives.autograd import divide, maximum, moment
+from primitives import ops
+from primitives.autograd import divide, maximum, moment, signed_log, signed_sqrt
 from primitives.stats import axis_moment
 
 
@@ -92,3 +93,24 @@ def test_variance_backward_from_saved_centred_values(axes, shape):
     torch.testing.assert_close(first, expected)
     torch.testing.assert_close(second, expected)
     assert second.requires_grad
+
+
+@pytest.mark.parametrize("lean, plain", [(signed_log, ops.signed_log), (signed_sqrt, ops.signed_sqrt)])
+def test_signed_log_and_sqrt_match_the_double_where_path_bit_for_bit(lean, plain):
+    """The same values and float32 gradients as autograd through ``ops``' functions (zeros, signed zeros,
+    NaN and Inf included), and true derivatives to second order, 0 at 0."""
+    a = torch.randn(500, generator=torch.Generator().manual_seed(0))
+    a[::9] = 0.0
+    a[1], a[2], a[3], a[4] = float("nan"), float("inf"), -float("inf"), -0.0
+    x, y = a.clone().requires_grad_(True), a.clone().requires_grad_(True)
+    out, expected = lean(x), plain(y)
+    assert torch.equal(out.nan_to_num(7.0), expected.nan_to_num(7.0))
+    grad = torch.randn(500, generator=torch.Generator().manual_seed(1))
+    out.backward(grad)
+    expected.backward(grad)
+    assert torch.equal(x.grad.nan_to_num(7.0), y.grad.nan_to_num(7.0))
+    t = torch.randn(12, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(lean, (t,)) and torch.autograd.gradgradcheck(lean, (t,))
+    zero = torch.zeros(3, dtype=torch.float64, requires_grad=True)
+    (g,) = torch.autograd.grad(lean(zero).sum(), zero, create_graph=True)
+    assert g.tolist() == [0.0] * 3 and torch.autograd.grad(g.sum(), zero)[0].tolist() == [0.0] * 3
