@@ -160,16 +160,16 @@ def adapt_config(doc: dict, defaults: dict, num_images) -> tuple[dict, list[str]
     return out, notes
 
 
-def worker(args: argparse.Namespace) -> None:
+def version_config(path: str, overrides: list[str]) -> dict:
+    """The config file at ``path`` with ``--set`` overrides, translated for the ``evaluator`` on ``PYTHONPATH``
+    (``adapt_config``) and loaded by that version's own ``load_config``; the translations go to stderr."""
     import yaml
-    import evaluator
     from evaluator import config as config_mod
     from evaluator import data as data_mod
-    from evaluator.evaluate import Evaluator
 
-    with open(args.config) as f:
+    with open(path) as f:
         doc = yaml.safe_load(f) or {}
-    for item in args.overrides:
+    for item in overrides:
         key, _, raw = item.partition("=")
         node = doc
         *parents, last = key.strip().split(".")
@@ -190,9 +190,16 @@ def worker(args: argparse.Namespace) -> None:
     with tempfile.NamedTemporaryFile("w", suffix=".yaml", delete=False) as f:
         yaml.safe_dump(adapted, f)
     try:
-        cfg = config_mod.load_config(f.name)
+        return config_mod.load_config(f.name)
     finally:
         os.unlink(f.name)
+
+
+def worker(args: argparse.Namespace) -> None:
+    import evaluator
+    from evaluator.evaluate import Evaluator
+
+    cfg = version_config(args.config, args.overrides)
     start = time.monotonic()
     ev = Evaluator(cfg)
     load_time = time.monotonic() - start

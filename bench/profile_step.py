@@ -27,22 +27,17 @@ from __future__ import annotations
 import argparse
 import contextlib
 import csv
-import os
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 import torch
-import yaml
 from torch.profiler import ProfilerActivity, profile, record_function
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from commit_bench import _parse_value, adapt_config  # noqa: E402
+from commit_bench import version_config  # noqa: E402
 
 import evaluator  # noqa: E402
-from evaluator import config as config_mod  # noqa: E402
-from evaluator import data as data_mod  # noqa: E402
 from evaluator import train as train_mod  # noqa: E402
 from evaluator.evaluate import Evaluator, derive_seed  # noqa: E402
 from evaluator.models import build_model, resolve_layer  # noqa: E402
@@ -52,30 +47,6 @@ from primitives import load_graph  # noqa: E402
 REPO = Path(__file__).resolve().parents[1]
 CONV = ("aten::conv2d", "aten::convolution", "aten::_convolution", "aten::mkldnn_convolution")
 COLUMNS = ("conv", "norm", "other_ops", "python", "optimizer", "data")
-
-
-def load(config: str, overrides: list[str]) -> dict:
-    with open(config) as f:
-        doc = yaml.safe_load(f) or {}
-    for item in overrides:
-        key, _, raw = item.partition("=")
-        node = doc
-        *parents, last = key.split(".")
-        for part in parents:
-            node = node.setdefault(part, {})
-        node[last] = _parse_value(raw)
-
-    def num_images():
-        d = doc.get("data", {})
-        return len(data_mod.read_cifar10(d.get("root"), d.get("download", False))[0][0])
-
-    adapted, _ = adapt_config(doc, config_mod.DEFAULTS, num_images)
-    with tempfile.NamedTemporaryFile("w", suffix=".yaml", delete=False) as f:
-        yaml.safe_dump(adapted, f)
-    try:
-        return config_mod.load_config(f.name)
-    finally:
-        os.unlink(f.name)
 
 
 class _Tagged:
@@ -243,7 +214,7 @@ def main(argv=None) -> str:
     p.add_argument("--out", type=Path, default=REPO / "bench" / "results")
     p.add_argument("--name", default="profile_step")
     args = p.parse_args(argv)
-    cfg = load(args.config, args.overrides)
+    cfg = version_config(args.config, args.overrides)
     ev = Evaluator(cfg)
     archs = args.archs.split(",") if args.archs else cfg["model"]["archs"]
     rows = [profile_one(ev, cfg, layer, arch, args.steps, args.profiled, args.seed)
