@@ -7,8 +7,9 @@ memory in order.
   of P at once, every step of a C-vector is a cache miss into a tile of P * C elements (and, C
   times 4 bytes being a power of two, the rows compete for a few cache sets). Sums over K-row tiles
   of about ``TILE_BYTES`` (:func:`chunk`), then over the R partial sums, read each row from memory
-  once. Walking the strided axis still costs: such a sum with a sigmoid in it runs about 1.4x
-  slower than the NCHW one, whose rows the prefetcher streams.
+  once. Walking the strided axis still costs against the NCHW sums, whose rows the prefetcher
+  streams, so float32 channels_last goes to the row-order C++ loops of :mod:`._native` where they
+  build; these views serve the other dtypes and the fallback.
 
 The math functions take such views (:func:`rows`), reduce with :func:`channel_sum` and
 :func:`moments`, broadcast (N, C) and (C,) values with :func:`per_sample` and :func:`per_channel`,

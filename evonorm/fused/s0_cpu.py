@@ -14,8 +14,8 @@ elementwise pass; backward one pass reading ``(x, grad_y)`` for the three sums a
 ``grad_x``. Nothing full-size is saved for backward but ``x`` (plus two (N, G) statistics), so the
 sigmoid is evaluated in every pass but the statistics, except that on NCHW the sums' pass also
 stores the part of ``grad_x`` that needs it (float32, one extra write and read) and the last pass
-evaluates none. On channels_last inductor fuses no such store into its strided sums, which run
-about 1.4x slower than NCHW's (see :mod:`._rows`); there the layer roughly ties BatchNorm2d + ReLU.
+evaluates none. Float32 channels_last tensors take the C++ loops of :mod:`._native` instead; other
+channels_last dtypes keep these kernels, without the store (see :mod:`._rows`).
 The first call for a new shape, layout or dtype compiles (cached on disk by inductor).
 ``bench/layers.py`` measures time and memory against BatchNorm2d + ReLU and timm; the README has the
 numbers.
@@ -24,7 +24,7 @@ import torch
 from torch import Tensor
 
 from .._stats import groups_to_channels, stat_dtype
-from . import _compile, s0_op
+from . import _compile, _native, s0_op
 from ._layout import memory_format
 from ._rows import channel_sum, moments, per_channel, per_sample, rows, unrows
 
@@ -97,6 +97,8 @@ def _centred(xc: Tensor, k: Tensor, mu: Tensor) -> Tensor:
 
 
 def _forward(x, weight, bias, v, groups, eps, centered):
+    if _native.serves(x, weight, bias, v):
+        return _native.s0_forward(x, weight, bias, v, groups, eps, centered)
     mean, rstd, scale = _compile.run(stats_math, [x, weight], groups=groups, eps=eps,
                                      centered=centered)
     y, = _run(output_math, [x, scale, bias], v)
@@ -104,6 +106,8 @@ def _forward(x, weight, bias, v, groups, eps, centered):
 
 
 def _backward(grad_y, x, weight, v, mean, rstd, groups, centered):
+    if _native.serves(x, grad_y, weight, v, mean, rstd):
+        return _native.s0_backward(grad_y, x, weight, v, mean, rstd)
     if memory_format(x) == torch.contiguous_format:
         grad_w, grad_b, grad_v, k, mu, partial = _run(
             sums_math, [grad_y, x, weight, mean, rstd], v, partial=True)

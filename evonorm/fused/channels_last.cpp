@@ -1,0 +1,403 @@
+// Row-order loops for channels_last float32 EvoNorm on CPU (see _native.py).
+//
+// A tensor (N, C, *spatial) in channels_last is, in memory, N blocks of P rows of C floats
+// (P = the spatial size). Every loop here walks the rows in memory order and keeps its per-channel
+// accumulators in small arrays, so each row is read once, front to back, with the C axis
+// vectorised. Reductions run per sample (one thread per sample) and sum tiles of `tile` rows
+// before adding them to the sample's total, which keeps float32 sums short. Elementwise loops run
+// over all N * P rows.
+//
+// Each entry point is one direction of a layer: the statistics pass, the (N, C) algebra of
+// s0_op.py / b0_op.py (the same formulas, here in C++ so that a call leaves Python once), and the
+// elementwise pass. Formulas are evaluated in the order of the torch math of s0_cpu.py / b0_cpu.py.
+#include <torch/csrc/inductor/cpp_prefix.h>
+
+#include <algorithm>
+#include <cmath>
+#include <vector>
+
+namespace {
+
+using V = at::vec::Vectorized<float>;
+constexpr int64_t kWidth = V::size();
+
+// Apply f(c, lanes) to every channel block of a row: full vectors, then one partial vector.
+template <typename F>
+inline void for_channels(int64_t channels, F&& f) {
+  int64_t c = 0;
+  for (; c + kWidth <= channels; c += kWidth) f(c, kWidth);
+  if (c < channels) f(c, channels - c);
+}
+
+inline V load(const float* p, int64_t lanes) {
+  return lanes == kWidth ? V::loadu(p) : V::loadu(p, lanes);
+}
+
+inline void store(const V& v, float* p, int64_t lanes) {
+  if (lanes == kWidth) v.store(p); else v.store(p, lanes);
+}
+
+inline void add_to(float* acc, const V& v, int64_t lanes) {
+  store(load(acc, lanes) + v, acc, lanes);
+}
+
+// exp(x) as 2^n exp(r), n = round(x / ln 2), r = x - n ln 2 in [-ln 2 / 2, ln 2 / 2] (ln 2 split in
+// two constants so r is exact), exp(r) = 1 + r + r^2 p(r) with Cephes' minimax polynomial p: within
+// 2 ulp of exp, inline (at::vec's exp calls Sleef, which costs about as much as the rest of a pass).
+// Special values come out of the arithmetic, with no blends: the clamp keeps NaN, x above
+// ln(FLT_MAX) (up to +inf, clamped to 89) overflows to inf in the final products, and x below
+// ln(FLT_MIN) gives 0 (results under about 2^-125 flush to zero).
+inline V exp_inline(const V& x) {
+  const V xc = at::vec::clamp(x, V(-87.33654475f), V(89.0f));
+  const V n = (xc * V(1.44269504088896341f)).round();
+  const V r = at::vec::fmadd(n, V(2.12194440e-4f), at::vec::fmadd(n, V(-0.693359375f), xc));
+  V p(1.9875691500e-4f);
+  p = at::vec::fmadd(p, r, V(1.3981999507e-3f));
+  p = at::vec::fmadd(p, r, V(8.3334519073e-3f));
+  p = at::vec::fmadd(p, r, V(4.1665795894e-2f));
+  p = at::vec::fmadd(p, r, V(1.6666665459e-1f));
+  p = at::vec::fmadd(p, r, V(5.0000001201e-1f));
+  const V e = at::vec::fmadd(p, r * r, r + V(1));
+  // 2^(n - 1) from its exponent bits, n - 1 in [-127, 127] (-127: all-zero bits, the flush), times 2
+  const auto bits = (at::vec::convert_to_int_of_same_size(n) + at::vec::Vectorized<int32_t>(126))
+                    * at::vec::Vectorized<int32_t>(1 << 23);
+  return e * at::vec::cast<float>(bits) * V(2);
+}
+
+inline V sigmoid(const V& z) { return V(1) / (V(1) + exp_inline(z.neg())); }
+
+// Per-sample reduction driver: for each sample n (in parallel), `rows(n, p0, p1, tile_acc)` adds
+// rows [p0, p1) into the zeroed tile accumulators `tile_acc` (nacc arrays of C floats); each tile
+// is then added to the sample's totals out[a] + n * C, and after(n) runs once they are complete.
+template <typename Rows, typename After>
+void reduce_per_sample(int64_t n_samples, int64_t rows_per_sample, int64_t channels,
+                       int64_t tile, int nacc, float* const* out, int threads, Rows&& rows,
+                       After&& after) {
+#pragma omp parallel num_threads(threads)
+  {
+  std::vector<float> acc(static_cast<size_t>(nacc * channels));
+#pragma omp for schedule(static)
+  for (int64_t n = 0; n < n_samples; n++) {
+    for (int a = 0; a < nacc; a++) std::fill_n(out[a] + n * channels, channels, 0.0f);
+    for (int64_t p0 = 0; p0 < rows_per_sample; p0 += tile) {
+      std::fill(acc.begin(), acc.end(), 0.0f);
+      rows(n, p0, std::min(p0 + tile, rows_per_sample), acc.data());
+      for (int a = 0; a < nacc; a++) {
+        float* total = out[a] + n * channels;
+        const float* part = acc.data() + a * channels;
+        for_channels(channels, [&](int64_t c, int64_t l) { add_to(total + c, load(part + c, l), l); });
+      }
+    }
+    after(n);
+  }
+  }
+}
+
+
+// Per-(n, c) mean and biased variance over a sample's rows. Each tile: its mean, then the squared
+// deviations from it (the tile is still in cache), merged into the running moments with Chan's
+// formula, so no sum of squares cancels. The tile sums are of x minus the sample's first row, so a
+// constant channel has exactly its value as mean and zero variance: with rstd = 1 / sqrt(eps), any
+// rounding left in x - mean would be amplified by rstd^3 in backward.
+void sample_moments(const float* xn, float* mean, float* var, int64_t rows, int64_t channels,
+                    int64_t tile, float* tile_sum, float* tile_m2) {
+  std::fill_n(mean, channels, 0.0f);
+  std::fill_n(var, channels, 0.0f);
+  int64_t count = 0;
+  for (int64_t p0 = 0; p0 < rows; p0 += tile) {
+    const int64_t p1 = std::min(p0 + tile, rows), k = p1 - p0;
+    std::fill_n(tile_sum, channels, 0.0f);
+    std::fill_n(tile_m2, channels, 0.0f);
+    for (int64_t p = p0; p < p1; p++) {
+      const float* row = xn + p * channels;
+      for_channels(channels, [&](int64_t c, int64_t l) {
+        add_to(tile_sum + c, load(row + c, l) - load(xn + c, l), l);
+      });
+    }
+    const V inv_k(1.0f / static_cast<float>(k));
+    for_channels(channels, [&](int64_t c, int64_t l) {
+      store(load(xn + c, l) + load(tile_sum + c, l) * inv_k, tile_sum + c, l);
+    });
+    for (int64_t p = p0; p < p1; p++) {
+      const float* row = xn + p * channels;
+      for_channels(channels, [&](int64_t c, int64_t l) {
+        const V d = load(row + c, l) - load(tile_sum + c, l);
+        add_to(tile_m2 + c, d * d, l);
+      });
+    }
+    // Chan: delta = tile mean - mean; mean += delta k / total; m2 += tile m2 + delta^2 count k / total
+    const float total = static_cast<float>(count + k);
+    const V w_tile(static_cast<float>(k) / total);
+    const V w_cross(static_cast<float>(count) * static_cast<float>(k) / total);
+    for_channels(channels, [&](int64_t c, int64_t l) {
+      const V m = load(mean + c, l);
+      const V delta = load(tile_sum + c, l) - m;
+      store(m + delta * w_tile, mean + c, l);
+      store(load(var + c, l) + load(tile_m2 + c, l) + delta * delta * w_cross, var + c, l);
+    });
+    count += k;
+  }
+  const V inv_rows(1.0f / static_cast<float>(rows));
+  for_channels(channels, [&](int64_t c, int64_t l) { store(load(var + c, l) * inv_rows, var + c, l); });
+}
+
+// For each sample n in parallel: sample_moments into mean/var + n * C, then after(n).
+template <typename After>
+void moments_per_sample(const float* x, float* mean, float* var, int64_t n_samples, int64_t rows,
+                        int64_t channels, int64_t tile, int threads, After&& after) {
+#pragma omp parallel num_threads(threads)
+  {
+    std::vector<float> scratch(static_cast<size_t>(2 * channels));
+#pragma omp for schedule(static)
+    for (int64_t n = 0; n < n_samples; n++) {
+      sample_moments(x + n * rows * channels, mean + n * channels, var + n * channels, rows,
+                     channels, tile, scratch.data(), scratch.data() + channels);
+      after(n);
+    }
+  }
+}
+
+// For each of the N * P rows in parallel: f(n, offset of the row).
+template <typename F>
+void for_rows(int64_t n_samples, int64_t rows, int threads, int64_t channels, F&& f) {
+#pragma omp parallel for num_threads(threads) schedule(static)
+  for (int64_t r = 0; r < n_samples * rows; r++) f(r / rows, r * channels);
+}
+
+// B0's 1 / d and the branch taken: d = max(left, v x + inst_std), ties to left.
+struct Denominator {
+  V inv;
+  V right_mask;  // all-ones lanes where the right branch (v x + inst_std) is taken
+};
+
+inline Denominator denominator(const V& xv, const V& v, const V& inst_std, const V& left) {
+  const V right = xv * v + inst_std;
+  const V take_right = left < right;
+  return {V(1) / V::blendv(left, right, take_right), take_right};
+}
+
+// Mean of t[0], t[stride], ... (count values), shifted by the first so equal values give it exactly.
+inline float shifted_mean(const float* t, int64_t count, int64_t stride) {
+  float total = 0;
+  for (int64_t i = 1; i < count; i++) total += t[i * stride] - t[0];
+  return t[0] + total / static_cast<float>(count);
+}
+
+// sum over samples of t[n * C + c], in double.
+inline float sum_samples(const float* t, int64_t n_samples, int64_t channels, int64_t c) {
+  double total = 0;
+  for (int64_t n = 0; n < n_samples; n++) total += t[n * channels + c];
+  return static_cast<float>(total);
+}
+
+}  // namespace
+
+extern "C" {
+
+// EvoNorm-S0 forward (s0_op.forward_coefficients, s0_cpu.output_math): y, and the (N, G) mean and
+// rstd that backward needs. v = ones for S1/S2.
+void s0_forward(const float* x, const float* weight, const float* bias, const float* v, float* y,
+                float* mean, float* rstd, int64_t n_samples, int64_t rows, int64_t channels,
+                int64_t groups, float eps, int centered, int64_t tile, int threads) {
+  const int64_t per_group = channels / groups;
+  std::vector<float> inst_mean(n_samples * channels), inst_var(n_samples * channels),
+      scale(n_samples * channels);
+  moments_per_sample(x, inst_mean.data(), inst_var.data(), n_samples, rows, channels, tile, threads,
+                     [&](int64_t n) {
+    for (int64_t g = 0; g < groups; g++) {
+      const float* m = inst_mean.data() + n * channels + g * per_group;
+      const float* s2 = inst_var.data() + n * channels + g * per_group;
+      float group_mean = 0, group_var = 0;
+      if (centered) {  // Chan with equal counts: mean of means; mean of (var + (mean_c - mean)^2)
+        group_mean = shifted_mean(m, per_group, 1);
+        for (int64_t c = 0; c < per_group; c++) {
+          const float d = m[c] - group_mean;
+          group_var += s2[c] + d * d;
+        }
+      } else {  // mean square = variance + mean^2
+        for (int64_t c = 0; c < per_group; c++) group_var += s2[c] + m[c] * m[c];
+      }
+      group_var /= static_cast<float>(per_group);
+      const float r = 1.0f / std::sqrt(group_var + eps);
+      mean[n * groups + g] = group_mean;
+      rstd[n * groups + g] = r;
+      for (int64_t c = 0; c < per_group; c++) {
+        scale[n * channels + g * per_group + c] = r * weight[g * per_group + c];
+      }
+    }
+  });
+  for_rows(n_samples, rows, threads, channels, [&](int64_t n, int64_t offset) {
+    const float* sc = scale.data() + n * channels;
+    for_channels(channels, [&](int64_t c, int64_t l) {
+      const V xv = load(x + offset + c, l);
+      const V s = sigmoid(xv * load(v + c, l));
+      store(xv * s * load(sc + c, l) + load(bias + c, l), y + offset + c, l);
+    });
+  });
+}
+
+// EvoNorm-S0 backward (s0_cpu.sums_math with its partial, s0_op.backward_coefficients,
+// s0_cpu.finish_grad_x_math). grad_v is written only when has_v.
+void s0_backward(const float* g, const float* x, const float* weight, const float* v,
+                 const float* mean, const float* rstd, float* grad_x, float* grad_w,
+                 float* grad_b, float* grad_v, int64_t n_samples, int64_t rows, int64_t channels,
+                 int64_t groups, int has_v, int64_t tile, int threads) {
+  const int64_t per_group = channels / groups;
+  const float count = static_cast<float>(rows * per_group);
+  std::vector<float> sum_gh(n_samples * channels), sum_gv(n_samples * channels),
+      sum_g(n_samples * channels), k(n_samples * channels), mu(n_samples * channels);
+  float* const out[3] = {sum_gh.data(), sum_gv.data(), sum_g.data()};
+  std::vector<float> a(n_samples * channels);
+  for (int64_t n = 0; n < n_samples; n++) {
+    for (int64_t c = 0; c < channels; c++) a[n * channels + c] = rstd[n * groups + c / per_group] * weight[c];
+  }
+  reduce_per_sample(n_samples, rows, channels, tile, 3, out, threads,
+                    [&](int64_t n, int64_t p0, int64_t p1, float* acc) {
+    const float* an = a.data() + n * channels;
+    for (int64_t p = p0; p < p1; p++) {
+      const int64_t offset = (n * rows + p) * channels;
+      for_channels(channels, [&](int64_t c, int64_t l) {
+        const V xv = load(x + offset + c, l), gv = load(g + offset + c, l);
+        const V z = xv * load(v + c, l);
+        const V s = sigmoid(z);
+        const V gx = gv * xv;
+        add_to(acc + c, gx * s, l);
+        add_to(acc + channels + c, gx * xv * s * (V(1) - s), l);
+        add_to(acc + 2 * channels + c, gv, l);
+        store(gv * load(an + c, l) * (s * (V(1) + z * (V(1) - s))), grad_x + offset + c, l);
+      });
+    }
+  }, [&](int64_t n) {  // coef = -sum_{c in g} sum_gh w rstd^3 / count, per channel as k
+    for (int64_t gi = 0; gi < groups; gi++) {
+      float total = 0;
+      for (int64_t c = gi * per_group; c < (gi + 1) * per_group; c++) total += sum_gh[n * channels + c] * weight[c];
+      const float r = rstd[n * groups + gi];
+      const float coef = -total * (r * r * r) / count;
+      for (int64_t c = gi * per_group; c < (gi + 1) * per_group; c++) {
+        k[n * channels + c] = coef;
+        mu[n * channels + c] = mean[n * groups + gi];
+      }
+    }
+  });
+  for (int64_t c = 0; c < channels; c++) {
+    double gw = 0, gv = 0;
+    for (int64_t n = 0; n < n_samples; n++) {
+      const float r = rstd[n * groups + c / per_group];
+      gw += sum_gh[n * channels + c] * r;
+      gv += sum_gv[n * channels + c] * r;
+    }
+    grad_w[c] = static_cast<float>(gw);
+    grad_b[c] = sum_samples(sum_g.data(), n_samples, channels, c);
+    if (has_v) grad_v[c] = static_cast<float>(gv) * weight[c];
+  }
+  for_rows(n_samples, rows, threads, channels, [&](int64_t n, int64_t offset) {
+    const float* kn = k.data() + n * channels;
+    const float* mn = mu.data() + n * channels;
+    for_channels(channels, [&](int64_t c, int64_t l) {
+      float* out_x = grad_x + offset + c;
+      store(load(out_x, l) + load(kn + c, l) * (load(x + offset + c, l) - load(mn + c, l)), out_x, l);
+    });
+  });
+}
+
+// EvoNorm-B0 forward (b0_op.forward_coefficients, b0_cpu.output_math): y and the statistics that
+// backward needs. running_var null: training (batch moments, Chan's merge of the instance ones).
+void b0_forward(const float* x, const float* weight, const float* bias, const float* v,
+                const float* running_var, float* y, float* inst_mean, float* inst_std,
+                float* batch_mean, float* batch_var, int64_t n_samples, int64_t rows,
+                int64_t channels, float eps, int64_t tile, int threads) {
+  std::vector<float> inst_var(n_samples * channels), left(channels);
+  moments_per_sample(x, inst_mean, inst_var.data(), n_samples, rows, channels, tile, threads,
+                     [&](int64_t n) {
+    for (int64_t c = 0; c < channels; c++) {
+      inst_std[n * channels + c] = std::sqrt(inst_var[n * channels + c] + eps);
+    }
+  });
+  for (int64_t c = 0; c < channels; c++) {
+    if (running_var) {
+      batch_mean[c] = 0;
+      batch_var[c] = running_var[c];
+    } else {  // Chan with equal counts over the samples
+      const float m = shifted_mean(inst_mean + c, n_samples, channels);
+      float s2 = 0;
+      for (int64_t n = 0; n < n_samples; n++) {
+        const float d = inst_mean[n * channels + c] - m;
+        s2 += inst_var[n * channels + c] + d * d;
+      }
+      batch_mean[c] = m;
+      batch_var[c] = s2 / static_cast<float>(n_samples);
+    }
+    left[c] = std::sqrt(batch_var[c] + eps);
+  }
+  for_rows(n_samples, rows, threads, channels, [&](int64_t n, int64_t offset) {
+    const float* sd = inst_std + n * channels;
+    for_channels(channels, [&](int64_t c, int64_t l) {
+      const V xv = load(x + offset + c, l);
+      const Denominator d = denominator(xv, load(v + c, l), load(sd + c, l), load(left.data() + c, l));
+      store(xv * d.inv * load(weight + c, l) + load(bias + c, l), y + offset + c, l);
+    });
+  });
+}
+
+// EvoNorm-B0 backward (b0_cpu.sums_math with its partial, b0_op.backward_coefficients,
+// b0_cpu.finish_grad_x_math): sums of g, g z, rho q, rho q x, (1 - rho) q with z = x / d,
+// q = g w z / d, rho = right branch taken; partial = g w / d - rho (g w x / d^2) v.
+void b0_backward(const float* g, const float* x, const float* weight, const float* v,
+                 const float* inst_mean, const float* inst_std, const float* batch_mean,
+                 const float* batch_var, float* grad_x, float* grad_w, float* grad_b,
+                 float* grad_v, int64_t n_samples, int64_t rows, int64_t channels, float eps,
+                 int training, int64_t tile, int threads) {
+  std::vector<float> sums(5 * n_samples * channels), k_inst(n_samples * channels),
+      left(channels), k_batch(channels);
+  float* const out[5] = {sums.data(), sums.data() + n_samples * channels,
+                         sums.data() + 2 * n_samples * channels,
+                         sums.data() + 3 * n_samples * channels,
+                         sums.data() + 4 * n_samples * channels};
+  for (int64_t c = 0; c < channels; c++) left[c] = std::sqrt(batch_var[c] + eps);
+  reduce_per_sample(n_samples, rows, channels, tile, 5, out, threads,
+                    [&](int64_t n, int64_t p0, int64_t p1, float* acc) {
+    const float* sd = inst_std + n * channels;
+    for (int64_t p = p0; p < p1; p++) {
+      const int64_t offset = (n * rows + p) * channels;
+      for_channels(channels, [&](int64_t c, int64_t l) {
+        const V xv = load(x + offset + c, l), gv = load(g + offset + c, l);
+        const V w = load(weight + c, l), vv = load(v + c, l);
+        const Denominator d = denominator(xv, vv, load(sd + c, l), load(left.data() + c, l));
+        const V z = xv * d.inv;
+        const V q = gv * w * z * d.inv;
+        const V q_right = q & d.right_mask;
+        add_to(acc + c, gv, l);
+        add_to(acc + channels + c, gv * z, l);
+        add_to(acc + 2 * channels + c, q_right, l);
+        add_to(acc + 3 * channels + c, q_right * xv, l);
+        add_to(acc + 4 * channels + c, q - q_right, l);
+        const V gw = gv * w * d.inv;
+        store(gw - ((gw * xv * d.inv) & d.right_mask) * vv, grad_x + offset + c, l);
+      });
+    }
+  }, [&](int64_t n) {
+    for (int64_t c = 0; c < channels; c++) {
+      k_inst[n * channels + c] = -out[2][n * channels + c] / (inst_std[n * channels + c] * static_cast<float>(rows));
+    }
+  });
+  for (int64_t c = 0; c < channels; c++) {
+    grad_w[c] = sum_samples(out[1], n_samples, channels, c);
+    grad_b[c] = sum_samples(out[0], n_samples, channels, c);
+    grad_v[c] = -sum_samples(out[3], n_samples, channels, c);
+    k_batch[c] = training ? -sum_samples(out[4], n_samples, channels, c)
+                                / (left[c] * static_cast<float>(n_samples * rows))
+                          : 0.0f;
+  }
+  for_rows(n_samples, rows, threads, channels, [&](int64_t n, int64_t offset) {
+    const float* ki = k_inst.data() + n * channels;
+    const float* mi = inst_mean + n * channels;
+    for_channels(channels, [&](int64_t c, int64_t l) {
+      float* out_x = grad_x + offset + c;
+      const V xv = load(x + offset + c, l);
+      store(load(out_x, l) + (load(ki + c, l) * (xv - load(mi + c, l))
+                              + load(k_batch.data() + c, l) * (xv - load(batch_mean + c, l))), out_x, l);
+    });
+  });
+}
+
+}  // extern "C"
