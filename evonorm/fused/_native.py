@@ -2,9 +2,10 @@
 
 Inductor vectorises a channels_last per-channel sum along C but walks the spatial axis inside
 each C-vector, one strided row per step, which is slower than streaming the rows in memory order
-(bench/layers.py), and inductor will not fuse a stored partial gradient into such a sum. ``channels_last.cpp`` streams the rows instead, keeping per-channel accumulators
-in small arrays, and stores the part of ``grad_x`` that needs the sigmoid (S0) or the division
-(B0) in its sums pass, as the NCHW inductor kernels do.
+(bench/layers.py), and inductor will not fuse a stored partial gradient into such a sum.
+``channels_last.cpp`` streams the rows instead, keeping per-channel accumulators in small arrays,
+and stores the part of ``grad_x`` that needs the sigmoid (S0) or the division (B0) in its sums
+pass, as the NCHW inductor kernels do.
 
 The source is compiled once per machine with inductor's C++ toolchain and flags (its on-disk
 cache keeps the library) and called through ``ctypes``. :func:`serves` says when these loops take a

@@ -72,6 +72,12 @@ def assert_same(fast, ref, x, training=True, steps=2, tol=None):
     return got
 
 
+def inductor_only(monkeypatch):
+    """The inductor kernels serve channels_last float32 too, as where channels_last.cpp cannot build."""
+    monkeypatch.setitem(_native._state, "library", None)
+    monkeypatch.setitem(_native._state, "failed", True)
+
+
 @pytest.fixture
 def compiled(monkeypatch):
     """Inductor-compile the CPU math even for the tests' small inputs."""
@@ -157,8 +163,7 @@ def test_deterministic():
 ])
 def test_compiled_kernels_match_reference(compiled, monkeypatch, variant, shape, channels_last,
                                           training):
-    monkeypatch.setitem(_native._state, "library", None)  # inductor serves channels_last float32
-    monkeypatch.setitem(_native._state, "failed", True)   # too (test_native.py covers the C++)
+    inductor_only(monkeypatch)  # test_native.py covers the C++
     fast, ref = make_pair(variant, shape)
     before = len(_compile._kernels)
     assert_same(fast, ref, rand(shape, channels_last=channels_last), training)
