@@ -19,13 +19,14 @@ import math
 from typing import Any, Callable, Mapping, Union
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from primitives import seeds
 from primitives import LayerGraph, compile_graph, resolve_groups
 
 __all__ = ["REFERENCES", "Layer", "NormActFactory", "resolve_layer", "layer_name", "norm_options", "build_model",
-           "ResNet", "MobileNetV2", "EfficientNet"]
+           "ResNet", "MobileNetV2", "EfficientNet", "PointwiseConv2d"]
 
 REFERENCES = ("bn_relu", "gn_relu")
 Layer = Union[LayerGraph, str]
@@ -99,7 +100,26 @@ def _repeat(n: int, depth: float) -> int:
     return max(1, math.ceil(n * depth))
 
 
+class PointwiseConv2d(nn.Conv2d):
+    """A 1x1 convolution (stride 1, no bias) that multiplies an NHWC input's channels by the weight matrix.
+
+    On the proxies' small maps oneDNN's convolution primitive costs more than the matrix product it computes;
+    the product sums over the same input channels and the weight keeps its (out, in, 1, 1) shape, so
+    initialisation and checkpoints are those of ``nn.Conv2d``. Other layouts take the convolution.
+    """
+
+    def __init__(self, in_channels: int, out_channels: int, device=None, dtype=None):
+        super().__init__(in_channels, out_channels, 1, bias=False, device=device, dtype=dtype)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.dim() != 4 or not x.permute(0, 2, 3, 1).is_contiguous():
+            return super().forward(x)
+        return F.linear(x.permute(0, 2, 3, 1), self.weight.flatten(1)).permute(0, 3, 1, 2)
+
+
 def conv(cin: int, cout: int, k: int = 3, stride: int = 1, groups: int = 1) -> nn.Conv2d:
+    if k == 1 and stride == 1 and groups == 1:
+        return PointwiseConv2d(cin, cout)
     return nn.Conv2d(cin, cout, k, stride, padding=k // 2, groups=groups, bias=False)
 
 

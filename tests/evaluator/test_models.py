@@ -6,7 +6,8 @@ import torch
 from torch import nn
 
 from evaluator.config import DEFAULTS, merge
-from evaluator.models import InvertedResidual, NormActFactory, ResidualBlock, build_model, resolve_layer
+from evaluator.models import (InvertedResidual, NormActFactory, PointwiseConv2d, ResidualBlock, build_model,
+                              resolve_layer)
 from evonorm import seeds
 from primitives import GraphLayer, LayerGraph
 
@@ -128,3 +129,32 @@ def test_double_backward_through_compiled_networks():
     norm = torch.sqrt(sum(g.square().sum() for g in grads))
     second = torch.autograd.grad(norm, params, allow_unused=True)
     assert any(s is not None and s.abs().sum() > 0 for s in second)
+
+
+@pytest.mark.parametrize("shape", [(4, 6, 5, 7), (1, 3, 1, 1), (2, 5, 1, 3)])
+@pytest.mark.parametrize("layout", [torch.channels_last, torch.contiguous_format])
+def test_pointwise_conv_matches_a_1x1_convolution(shape, layout):
+    """Values, input and weight gradients and the output's layout are those of nn.Conv2d, in float64."""
+    torch.manual_seed(0)
+    conv = nn.Conv2d(shape[1], 4, 1, bias=False).double()
+    pointwise = PointwiseConv2d(shape[1], 4).double()
+    pointwise.load_state_dict(conv.state_dict())
+    x = torch.randn(shape, dtype=torch.float64).contiguous(memory_format=layout)
+    grad = torch.randn(shape[0], 4, *shape[2:], dtype=torch.float64)
+    outputs = []
+    for module in (conv, pointwise):
+        xi = x.clone(memory_format=torch.preserve_format).requires_grad_()
+        out = module(xi)
+        out.backward(grad)
+        outputs.append((out, xi.grad, module.weight.grad))
+    for ours, reference in zip(outputs[1], outputs[0]):
+        torch.testing.assert_close(ours, reference, rtol=1e-12, atol=1e-12)
+    assert outputs[1][0].is_contiguous(memory_format=layout)
+
+
+def test_the_networks_use_pointwise_convs_for_unstrided_1x1s():
+    model = build_model("mobilenetv2", small_model_cfg(), NormActFactory("bn_relu"))
+    convs = [m for m in model.modules() if isinstance(m, nn.Conv2d)]
+    pointwise = [m for m in convs if isinstance(m, PointwiseConv2d)]
+    assert pointwise and all(m.kernel_size == (1, 1) and m.stride == (1, 1) for m in pointwise)
+    assert all(m.kernel_size != (1, 1) or m.stride != (1, 1) for m in convs if m not in pointwise)
