@@ -1,4 +1,4 @@
-"""The trainer's speed settings (channels_last networks, foreach SGD, validation in inference mode, flushed
+"""The trainer's speed settings (channels_last networks, fused SGD, validation in inference mode, flushed
 subnormals) change rounding only, never what is trained or scored."""
 from __future__ import annotations
 
@@ -52,16 +52,16 @@ def test_channels_last_trains_the_same_network(tiny_cfg, data, layer, arch):
     assert abs(cl.accuracy() - plain.accuracy()) <= 0.1
 
 
-def test_foreach_sgd_takes_the_plain_step(tiny_cfg, data):
+def test_fused_sgd_takes_the_plain_step(tiny_cfg, data):
     cfg = tiny_cfg()
     torch.manual_seed(0)
     model = build_model("resnet", cfg["model"], NormActFactory("evonorm_s0", groups=4))
     other = copy.deepcopy(model)
     fast = make_optimizer(model, cfg["train"])
-    assert fast.defaults["foreach"]
+    assert fast.defaults["fused"]
     slow = make_optimizer(other, cfg["train"])
     for group in slow.param_groups:
-        group["foreach"] = False
+        group["fused"], group["foreach"] = False, False
     x = torch.randn(8, 3, 32, 32)
     y = torch.randint(0, 10, (8,))
     for _ in range(3):
