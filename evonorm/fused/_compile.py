@@ -18,7 +18,7 @@ is equally exact and memory-lean, only slower (one pass per op).
 import functools
 import logging
 import os
-from typing import Callable, Dict, Sequence, Tuple
+from typing import Callable, Dict, Optional, Sequence, Tuple
 
 import torch
 from torch import Tensor
@@ -51,11 +51,11 @@ def set_cpu_compile(enabled: bool) -> bool:
     return previous
 
 
-def compiling_enabled(tensors: Sequence[Tensor]) -> bool:
+def compiling_enabled(tensors: Sequence[Tensor], min_numel: Optional[int] = None) -> bool:
     """True when ``run`` would use (or build) a compiled kernel for these tensors, the first of
-    which is the full-size one."""
+    which is the full-size one, of at least ``min_numel`` (default ``MIN_NUMEL``) elements."""
     return (_state["enabled"] and not _state["failed"]
-            and tensors[0].numel() >= MIN_NUMEL
+            and tensors[0].numel() >= (MIN_NUMEL if min_numel is None else min_numel)
             and all(t.is_cpu for t in tensors)
             and torch._C._len_torch_dispatch_stack() == 0)
 

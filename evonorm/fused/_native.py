@@ -61,7 +61,7 @@ def serves(x: Tensor, *others: Optional[Tensor]) -> bool:
     return (x.dtype == torch.float32 and memory_format(x) != torch.contiguous_format
             and all(t.dtype == torch.float32 and (t.stride() == x.stride() if t.shape == x.shape
                                                   else t.is_contiguous()) for t in others)
-            and _compile.compiling_enabled([x, *others])
+            and _compile.compiling_enabled([x, *others], min_numel=0)  # built once, for any shape
             and _library() is not None)
 
 

@@ -16,9 +16,7 @@ from test_fused import FUSED, TOL, assert_same, inductor_only, make_pair, rand, 
 
 
 @pytest.fixture
-def native(monkeypatch):
-    """The C++ loops serve the tests' small inputs too (as they do inputs of MIN_NUMEL and more)."""
-    monkeypatch.setattr(_compile, "MIN_NUMEL", 0)
+def native():
     assert _native._library() is not None, "channels_last.cpp did not build"
 
 
@@ -98,18 +96,27 @@ def test_thread_count_changes_no_bit(native):
     assert all(torch.equal(a, b) for a, b in zip(one, two))
 
 
-@pytest.mark.parametrize("case", ["nchw", "float64", "bfloat16", "small", "grad_y strides"])
+@pytest.mark.parametrize("case", ["nchw", "float64", "bfloat16", "grad_y strides"])
 def test_serves_only_channels_last_float32(monkeypatch, case):
     x = rand((2, 16, 64, 64), channels_last=True)
     if case == "nchw":
         x = x.contiguous()
     elif case in ("float64", "bfloat16"):
         x = x.to(getattr(torch, case))
-    elif case == "small":
-        x = rand((2, 16, 4, 4), channels_last=True)
     others = [rand((2, 16, 64, 64))] if case == "grad_y strides" else []
     assert _native.serves(rand((2, 16, 64, 64), channels_last=True))
     assert not _native.serves(x, *others)
+
+
+def test_serves_inputs_too_small_for_inductor(monkeypatch):
+    """The loops are built once for every shape, so they take the inputs under MIN_NUMEL as well,
+    which would otherwise run the math eagerly, op by op."""
+    x = rand((2, 40, 2, 2), channels_last=True)
+    assert x.numel() < _compile.MIN_NUMEL and not _compile.compiling_enabled([x])
+    fast, ref = make_pair("S0", x.shape, groups=4)
+    calls = served(monkeypatch)
+    assert_same(fast, ref, x, steps=1)
+    assert len(calls) == 2
 
 
 def test_set_cpu_compile_off_also_stops_the_loops():
