@@ -3,6 +3,7 @@ architecture, by default) with each version's evaluator, on the same data and co
 
     python bench/commit_bench.py --base cec92ee --head WORKTREE [--config configs/quick.yaml]
                                  [--layers evonorm_s0,bn_relu] [--seeds 0] [--rounds 3] [--set key=value ...]
+                                 [--head-set key=value ...]
 
 A version is a commit (anything ``git rev-parse`` takes; its tree is exported with ``git archive``, no
 checkout), ``WORKTREE`` (this working tree, uncommitted changes included) or a directory holding a tree.
@@ -10,7 +11,8 @@ Each round runs one subprocess per version, ``PYTHONPATH`` set to that version's
 and then times ``Evaluator.evaluate`` for every layer and seed; the versions take turns going first, so machine
 load hits both alike. Both read the config given here (default: this tree's ``configs/quick.yaml``), with the
 keys an older evaluator names differently translated for it (``data.val_size`` to ``val_fraction``, a
-fractional ``quality.steps`` to a step) and keys it lacks dropped. The table gives each version's median and
+fractional ``quality.steps`` to a step) and keys it lacks dropped; ``--head-set`` overrides the head's config
+alone (``--base X --head X --head-set train.threads=2``: what a change of rounding alone does). The table gives each version's median and
 fastest evaluation time per layer, their ratio (head / base), and the fitness per architecture and seed.
 Writes ``bench/results/commit_bench.csv`` (one row per evaluation) and ``commit_bench.txt`` (the table).
 """
@@ -55,11 +57,12 @@ def resolve_tree(version: str, repo: Path = REPO, cache: Path | None = None) -> 
     return f"{version} ({sha[:7]})", tree
 
 
-def run_worker(tree: Path, args: argparse.Namespace) -> list[dict]:
-    """One subprocess with ``tree``'s code: every layer and seed evaluated once, a row per evaluation."""
+def run_worker(tree: Path, args: argparse.Namespace, overrides: list[str]) -> list[dict]:
+    """One subprocess with ``tree``'s code and these ``--set`` overrides: every layer and seed evaluated once, a
+    row per evaluation."""
     cmd = [sys.executable, str(Path(__file__).resolve()), "--worker", "--config", str(Path(args.config).resolve()),
            "--layers", args.layers, "--seeds", *map(str, args.seeds)] + ([] if args.warmup else ["--no-warmup"])
-    for item in args.overrides:
+    for item in overrides:
         cmd += ["--set", item]
     env = {**os.environ, "PYTHONPATH": str(tree), "RAY_USAGE_STATS_ENABLED": "0"}
     with tempfile.TemporaryDirectory() as cwd:  # nothing imported from the caller's directory
@@ -74,12 +77,16 @@ def run_worker(tree: Path, args: argparse.Namespace) -> list[dict]:
 
 
 def run(args: argparse.Namespace) -> list[dict]:
-    versions = [("base", *resolve_tree(args.base)), ("head", *resolve_tree(args.head))]
+    head_label, head_tree = resolve_tree(args.head)
+    if args.head_overrides:
+        head_label += " with " + " ".join(args.head_overrides)
+    versions = [("base", *resolve_tree(args.base)), ("head", head_label, head_tree)]
     rows = []
     for r in range(args.rounds):
         for role, label, tree in versions if r % 2 == 0 else versions[::-1]:
             print(f"round {r + 1}/{args.rounds}: {role} = {label}", file=sys.stderr, flush=True)
-            for row in run_worker(tree, args):
+            overrides = args.overrides + (args.head_overrides if role == "head" else [])
+            for row in run_worker(tree, args, overrides):
                 rows.append({"round": r, "role": role, "version": label, **row})
     return rows
 
@@ -226,6 +233,8 @@ def parse(argv=None) -> argparse.Namespace:
     p.add_argument("--seeds", type=int, nargs="+", default=[0], help="evaluation seeds (default: 0)")
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    p.add_argument("--head-set", dest="head_overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="an override for the head's config only")
     p.add_argument("--timeout", type=float, default=3600.0, help="seconds per worker")
     p.add_argument("--out", type=Path, default=RESULTS, help="folder for commit_bench.csv and .txt")
     p.add_argument("--name", default="commit_bench", help="file name stem of the results")

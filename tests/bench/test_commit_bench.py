@@ -1,6 +1,7 @@
 """bench/commit_bench.py: two code versions in alternating subprocesses, on a tiny synthetic config."""
 from __future__ import annotations
 
+import csv
 import subprocess
 
 import pytest
@@ -51,3 +52,15 @@ def test_the_config_is_translated_for_an_older_evaluator():
                                                   "train": {"steps": 1, "channels_last": False},
                                                   "quality": {"steps": 1.0}}, lambda: 1 / 0)
     assert same["data"] == doc["data"] and same["quality"] == {"steps": 0.5} and notes == []
+
+
+def test_head_set_overrides_the_heads_config_alone(tmp_path):
+    args = ["--base", "WORKTREE", "--head", "WORKTREE", "--rounds", "1", "--layers", "bn_relu", "--no-warmup",
+            "--out", str(tmp_path), "--name", "cb", "--head-set", "train.steps=3"]
+    for item in TINY:
+        args += ["--set", item]
+    text = commit_bench.main(args)
+    assert "head: WORKTREE with train.steps=3" in text
+    with open(tmp_path / "cb.csv") as f:
+        steps = {row["role"]: int(row["steps"]) for row in csv.DictReader(f)}
+    assert steps == {"base": 2, "head": 3}
