@@ -68,24 +68,12 @@ def moments(r: Tensor) -> Tuple[Tensor, Tensor]:
     channels_last: the K-row chunks' moments merged as in :mod:`._moments` (equal counts), so no
     sum of squares cancels. (A one-pass shifted sum of squares runs 1.4x faster but loses about
     four bits on rows whose first sample sits far from the mean.)
-
-    Traced for inductor this is ``var_mean``, which inductor lowers to its own reduction. Run
-    eagerly, where ``var_mean`` on CPU is several times slower, it is the mean and the mean squared
-    deviation of x minus each (sample, channel)'s first value, so that a constant row has exactly
-    its value as mean and exactly zero variance.
     """
-    shift = None
-    if torch._C._len_torch_dispatch_stack() > 0:  # make_fx's tracing mode is active
-        var, mean = torch.var_mean(r, dim=2, correction=0)
-    else:
-        shift = r[:, :1, :1] if channels_last(r) else r[:, :, :1]
-        d = r - shift
-        mean = d.mean(2)
-        var = (d - mean.unsqueeze(2)).square().mean(2)
-    if channels_last(r):
-        merged = mean.mean(1)
-        mean, var = merged, (var + (mean - merged.unsqueeze(1)).square()).mean(1)
-    return (mean if shift is None else mean + shift.reshape(mean.shape)), var
+    var, mean = torch.var_mean(r, dim=2, correction=0)
+    if not channels_last(r):
+        return mean, var
+    merged = mean.mean(1)
+    return merged, (var + (mean - merged.unsqueeze(1)).square()).mean(1)
 
 
 def per_sample(s: Tensor, r: Tensor) -> Tensor:
