@@ -101,20 +101,22 @@ def _repeat(n: int, depth: float) -> int:
 
 
 class PointwiseConv2d(nn.Conv2d):
-    """A 1x1 convolution (stride 1, no bias) that multiplies an NHWC input's channels by the weight matrix.
+    """A 1x1 convolution (stride 1, no bias) that multiplies a CPU NHWC input's channels by the weight matrix.
 
     On the proxies' small maps oneDNN's convolution primitive costs more than the matrix product it computes;
     the product sums over the same input channels and the weight keeps its (out, in, 1, 1) shape, so
-    initialisation and checkpoints are those of ``nn.Conv2d``. Other layouts take the convolution.
+    initialisation and checkpoints are those of ``nn.Conv2d``. Other inputs (NCHW, including those that are
+    NHWC as well, such as 1x1 maps; other devices, where it is unmeasured) take the convolution.
     """
 
     def __init__(self, in_channels: int, out_channels: int, device=None, dtype=None):
         super().__init__(in_channels, out_channels, 1, bias=False, device=device, dtype=dtype)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if x.dim() != 4 or not x.permute(0, 2, 3, 1).is_contiguous():
-            return super().forward(x)
-        return F.linear(x.permute(0, 2, 3, 1), self.weight.flatten(1)).permute(0, 3, 1, 2)
+        nhwc = x.dim() == 4 and x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous()
+        if x.is_cpu and nhwc:
+            return F.linear(x.permute(0, 2, 3, 1), self.weight.flatten(1)).permute(0, 3, 1, 2)
+        return F.conv2d(x, self.weight)
 
 
 def conv(cin: int, cout: int, k: int = 3, stride: int = 1, groups: int = 1) -> nn.Conv2d:

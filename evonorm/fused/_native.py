@@ -9,8 +9,9 @@ pass, as the NCHW inductor kernels do.
 
 The source is compiled once per machine with inductor's C++ toolchain and flags (its on-disk
 cache keeps the library) and called through ``ctypes``. :func:`serves` says when these loops take a
-call: CPU float32 channels_last(_3d) tensors of at least ``_compile.MIN_NUMEL`` elements while
-CPU compiling is on. If the library cannot be built the inductor kernels serve, as before.
+call: CPU float32 channels_last(_3d) tensors of any size while CPU compiling is on, so the first
+such call of a process builds (or loads) the library. If it cannot be built the inductor kernels
+serve, as before.
 """
 import ctypes
 import logging

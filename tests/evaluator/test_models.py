@@ -131,7 +131,7 @@ def test_double_backward_through_compiled_networks():
     assert any(s is not None and s.abs().sum() > 0 for s in second)
 
 
-@pytest.mark.parametrize("shape", [(4, 6, 5, 7), (1, 3, 1, 1), (2, 5, 1, 3)])
+@pytest.mark.parametrize("shape", [(4, 6, 5, 7), (1, 3, 1, 1), (2, 5, 1, 3), (2, 1, 4, 5)])
 @pytest.mark.parametrize("layout", [torch.channels_last, torch.contiguous_format])
 def test_pointwise_conv_matches_a_1x1_convolution(shape, layout):
     """Values, input and weight gradients and the output's layout are those of nn.Conv2d, in float64."""
@@ -149,7 +149,7 @@ def test_pointwise_conv_matches_a_1x1_convolution(shape, layout):
         outputs.append((out, xi.grad, module.weight.grad))
     for ours, reference in zip(outputs[1], outputs[0]):
         torch.testing.assert_close(ours, reference, rtol=1e-12, atol=1e-12)
-    assert outputs[1][0].is_contiguous(memory_format=layout)
+    assert outputs[1][0].stride() == outputs[0][0].stride()
 
 
 def test_the_networks_use_pointwise_convs_for_unstrided_1x1s():
@@ -158,3 +158,9 @@ def test_the_networks_use_pointwise_convs_for_unstrided_1x1s():
     pointwise = [m for m in convs if isinstance(m, PointwiseConv2d)]
     assert pointwise and all(m.kernel_size == (1, 1) and m.stride == (1, 1) for m in pointwise)
     assert all(m.kernel_size != (1, 1) or m.stride != (1, 1) for m in convs if m not in pointwise)
+
+
+def test_pointwise_conv_scripts():
+    pointwise = PointwiseConv2d(3, 4)
+    x = torch.randn(2, 3, 5, 5).contiguous(memory_format=torch.channels_last)
+    torch.testing.assert_close(torch.jit.script(pointwise)(x), pointwise(x))

@@ -108,7 +108,7 @@ def test_serves_only_channels_last_float32(monkeypatch, case):
     assert not _native.serves(x, *others)
 
 
-def test_serves_inputs_too_small_for_inductor(monkeypatch):
+def test_serves_inputs_too_small_for_inductor(native, monkeypatch):
     """The loops are built once for every shape, so they take the inputs under MIN_NUMEL as well,
     which would otherwise run the math eagerly, op by op."""
     x = rand((2, 40, 2, 2), channels_last=True)
