@@ -12,8 +12,9 @@ and then times ``Evaluator.evaluate`` for every layer and seed; the versions tak
 load hits both alike. Both read the config given here (default: this tree's ``configs/quick.yaml``), with the
 keys an older evaluator names differently translated for it (``data.val_size`` to ``val_fraction``, a
 fractional ``quality.steps`` to a step) and keys it lacks dropped; ``--head-set`` overrides the head's config
-alone (``--base X --head X --head-set train.threads=2``: what a change of rounding alone does). The table gives each version's median and
-fastest evaluation time per layer, their ratio (head / base), and the fitness per architecture and seed.
+alone (``--base X --head X --head-set train.threads=2``: what a change of rounding alone does). The table gives
+each version's median and fastest evaluation time per layer, their ratio (head / base), and the fitness per
+architecture and seed.
 Writes ``bench/results/commit_bench.csv`` (one row per evaluation) and ``commit_bench.txt`` (the table).
 """
 from __future__ import annotations

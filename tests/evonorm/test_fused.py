@@ -4,10 +4,10 @@ Both share the parameters and running variance; every check compares the output,
 gradient, every parameter gradient and the running variance, within rtol=1e-5, atol=1e-6 in float32
 (1e-2 in fp16/bf16). Parameter gradients are sums over N * spatial terms that the two sides add in
 different orders, so their atol grows with that count (as in test_layers.py); the rest is strict.
-Small inputs run the compiled math
-eagerly (``_compile.MIN_NUMEL``), float32 channels_last ones excepted (test_native.py covers their C++
-loops); the ``compiled`` fixture lowers the same math with inductor, as large inputs do. The reference itself is checked against a float64 loop implementation in
-test_layers.py; the Triton kernels are checked in test_triton_interpret.py.
+Small inputs run the compiled math eagerly (``_compile.MIN_NUMEL``), float32 channels_last ones
+excepted (test_native.py covers their C++ loops); the ``compiled`` fixture lowers the same math with
+inductor, as large inputs do. The reference itself is checked against a float64 loop implementation
+in test_layers.py; the Triton kernels are checked in test_triton_interpret.py.
 """
 import copy
 import logging
