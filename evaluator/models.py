@@ -25,6 +25,8 @@ from torch import nn
 from primitives import seeds
 from primitives import LayerGraph, compile_graph, resolve_groups
 
+from .depthwise import MAX_KERNEL, DepthwiseConv2d
+
 __all__ = ["REFERENCES", "Layer", "NormActFactory", "resolve_layer", "layer_name", "norm_options", "build_model",
            "ResNet", "MobileNetV2", "EfficientNet", "PointwiseConv2d"]
 
@@ -122,6 +124,8 @@ class PointwiseConv2d(nn.Conv2d):
 def conv(cin: int, cout: int, k: int = 3, stride: int = 1, groups: int = 1) -> nn.Conv2d:
     if k == 1 and stride == 1 and groups == 1:
         return PointwiseConv2d(cin, cout)
+    if groups == cin == cout and k % 2 == 1 and k <= MAX_KERNEL:
+        return DepthwiseConv2d(cin, k, stride)
     return nn.Conv2d(cin, cout, k, stride, padding=k // 2, groups=groups, bias=False)
 
 
