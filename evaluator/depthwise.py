@@ -5,8 +5,8 @@ ten times its own input gradient. ``depthwise.cpp`` computes the forward pass an
 channel axis vectorised (built once per machine with inductor's C++ toolchain, cached on disk, called
 through ``ctypes``). Only rounding changes: the loops add the same products in another order.
 
-Double backward (the stability check differentiates a gradient norm) takes torch's convolution backward,
-which autograd can differentiate; so do other devices, dtypes and layouts, and machines where the loops
+The gradients are differentiable again (the stability check differentiates a gradient norm) through the same
+loops. Other devices, dtypes and layouts take torch's convolution, and so does every input where the loops
 cannot be built (with a warning).
 """
 from __future__ import annotations
@@ -54,31 +54,74 @@ def _call(name: str, a: Tensor, b: Tensor, out: Tensor, sizes: tuple[int, ...]) 
     return out
 
 
-class _DepthwiseFunction(torch.autograd.Function):
+# The convolution y = conv(x, w) and its two gradients, gx = conv_input(gy, w) and gw = _conv_weight(gy, x), are
+# each linear in both arguments, and each one's derivatives are the other two again (the adjoint of a
+# convolution is its transpose), so gradients of any order run in the C++ loops. ``sizes`` is
+# (N, H, W, C, out_h, out_w, K, stride, padding). The wrappers lay the arguments out as the loops read them,
+# outside the Functions, so that autograd sees those copies too.
+def _conv(x: Tensor, weight: Tensor, sizes: tuple[int, ...]) -> Tensor:
+    return _Conv.apply(_nhwc_copy(x), weight.contiguous(), sizes)
+
+
+def _conv_input(grad: Tensor, weight: Tensor, sizes: tuple[int, ...]) -> Tensor:
+    return _ConvInput.apply(_nhwc_copy(grad), weight.contiguous(), sizes)
+
+
+def _conv_weight(grad: Tensor, x: Tensor, sizes: tuple[int, ...]) -> Tensor:
+    return _ConvWeight.apply(_nhwc_copy(grad), _nhwc_copy(x), sizes)
+
+
+def _nhwc_copy(t: Tensor) -> Tensor:
+    return t.contiguous(memory_format=torch.channels_last)
+
+
+def _empty(n: int, c: int, h: int, w: int, like: Tensor) -> Tensor:
+    return torch.empty((n, c, h, w), dtype=like.dtype, memory_format=torch.channels_last)
+
+
+class _Conv(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, x: Tensor, weight: Tensor, stride: int) -> Tensor:
-        n, c, h, w = x.shape
-        k = weight.shape[-1]
-        p = k // 2
-        out_h, out_w = (h + 2 * p - k) // stride + 1, (w + 2 * p - k) // stride + 1
-        ctx.sizes, ctx.stride, ctx.padding = (n, h, w, c, out_h, out_w, k, stride, p), stride, p
+    def forward(ctx, x: Tensor, weight: Tensor, sizes: tuple[int, ...]) -> Tensor:
+        ctx.sizes = sizes
         ctx.save_for_backward(x, weight)
-        y = torch.empty((n, c, out_h, out_w), dtype=x.dtype, memory_format=torch.channels_last)
-        return _call("depthwise_forward", x, weight, y, ctx.sizes)
+        n, _, _, c, out_h, out_w = sizes[:6]
+        return _call("depthwise_forward", x, weight, _empty(n, c, out_h, out_w, x), sizes)
 
     @staticmethod
     def backward(ctx, grad: Tensor):
         x, weight = ctx.saved_tensors
-        need_x, need_w = ctx.needs_input_grad[:2]
-        if torch.is_grad_enabled():  # create_graph: an op that autograd differentiates again
-            dx, dw, _ = torch.ops.aten.convolution_backward(
-                grad, x, weight, None, [ctx.stride] * 2, [ctx.padding] * 2, [1, 1], False, [0, 0], x.shape[1],
-                [need_x, need_w, False])
-            return dx, dw, None
-        grad = grad.contiguous(memory_format=torch.channels_last)
-        dx = _call("depthwise_backward_input", grad, weight, torch.empty_like(x), ctx.sizes) if need_x else None
-        dw = _call("depthwise_backward_weight", grad, x, torch.empty_like(weight), ctx.sizes) if need_w else None
-        return dx, dw, None
+        return (_conv_input(grad, weight, ctx.sizes) if ctx.needs_input_grad[0] else None,
+                _conv_weight(grad, x, ctx.sizes) if ctx.needs_input_grad[1] else None, None)
+
+
+class _ConvInput(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, grad: Tensor, weight: Tensor, sizes: tuple[int, ...]) -> Tensor:
+        ctx.sizes = sizes
+        ctx.save_for_backward(grad, weight)
+        n, h, w, c = sizes[:4]
+        return _call("depthwise_backward_input", grad, weight, _empty(n, c, h, w, grad), sizes)
+
+    @staticmethod
+    def backward(ctx, upstream: Tensor):
+        grad, weight = ctx.saved_tensors
+        return (_conv(upstream, weight, ctx.sizes) if ctx.needs_input_grad[0] else None,
+                _conv_weight(grad, upstream, ctx.sizes) if ctx.needs_input_grad[1] else None, None)
+
+
+class _ConvWeight(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, grad: Tensor, x: Tensor, sizes: tuple[int, ...]) -> Tensor:
+        ctx.sizes = sizes
+        ctx.save_for_backward(grad, x)
+        c, k = sizes[3], sizes[6]
+        return _call("depthwise_backward_weight", grad, x, grad.new_empty((c, 1, k, k)), sizes)
+
+    @staticmethod
+    def backward(ctx, upstream: Tensor):
+        grad, x = ctx.saved_tensors
+        return (_conv(x, upstream, ctx.sizes) if ctx.needs_input_grad[0] else None,
+                _conv_input(grad, upstream, ctx.sizes) if ctx.needs_input_grad[1] else None, None)
 
 
 class DepthwiseConv2d(nn.Conv2d):
@@ -99,5 +142,8 @@ class DepthwiseConv2d(nn.Conv2d):
         if (x.is_cpu and x.dtype == self.weight.dtype == torch.float32 and _nhwc(x) and self.weight.is_contiguous()
                 and torch._C._len_torch_dispatch_stack() == 0
                 and _library() is not None):
-            return _DepthwiseFunction.apply(x, self.weight, self.stride[0])
+            n, c, h, w = x.shape
+            (k, _), (stride, _), (p, _) = self.kernel_size, self.stride, self.padding
+            out_h, out_w = (h + 2 * p - k) // stride + 1, (w + 2 * p - k) // stride + 1
+            return _conv(x, self.weight, (n, h, w, c, out_h, out_w, k, stride, p))
         return F.conv2d(x, self.weight, None, self.stride, self.padding, 1, self.groups)
