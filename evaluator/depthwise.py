@@ -1,9 +1,10 @@
 """Depthwise convolutions of the MobileNet-style proxies as hand-written C++ loops on CPU NHWC floats.
 
-oneDNN's depthwise weight gradient is slow on the proxies' small maps: on 2x2 maps of 240 channels it costs
-ten times its own input gradient. ``depthwise.cpp`` computes the forward pass and both gradients with the
-channel axis vectorised (built once per machine with inductor's C++ toolchain, cached on disk, called
-through ``ctypes``). Only rounding changes: the loops add the same products in another order.
+oneDNN's depthwise weight gradient and double backward are slow on the proxies' small maps (the README's
+evaluator section has the numbers). ``depthwise.cpp`` computes the forward pass and both gradients with the
+channel axis (at stride 1, the whole image row) vectorised. It is built once per machine with inductor's C++
+toolchain, cached on disk, and called through ``ctypes``. Only rounding changes: the loops add the same
+products in another order.
 
 The gradients are differentiable again (the stability check differentiates a gradient norm) through the same
 loops. Other devices, dtypes and layouts take torch's convolution, and so does every input where the loops
@@ -54,8 +55,8 @@ def _call(name: str, a: Tensor, b: Tensor, out: Tensor, sizes: tuple[int, ...]) 
     return out
 
 
-# The convolution y = conv(x, w) and its two gradients, gx = conv_input(gy, w) and gw = _conv_weight(gy, x), are
-# each linear in both arguments, and each one's derivatives are the other two again (the adjoint of a
+# The convolution y = _conv(x, w) and its two gradients, gx = _conv_input(gy, w) and gw = _conv_weight(gy, x),
+# are each linear in both arguments, and each one's derivatives are the other two again (the adjoint of a
 # convolution is its transpose), so gradients of any order run in the C++ loops. ``sizes`` is
 # (N, H, W, C, out_h, out_w, K, stride, padding). The wrappers lay the arguments out as the loops read them,
 # outside the Functions, so that autograd sees those copies too.
