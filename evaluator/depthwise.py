@@ -12,6 +12,7 @@ cannot be built (with a warning).
 """
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import logging
 from pathlib import Path
@@ -34,7 +35,8 @@ def _library():
     if _state["library"] is None and not _state["failed"]:
         try:
             from torch._inductor.codecache import CppCodeCache
-            library = CppCodeCache.load(SOURCE.read_text())
+            with _quiet("torch.utils.cpp_extension"):  # which the build imports: on a CPU-only torch it warns
+                library = CppCodeCache.load(SOURCE.read_text())  # that there is no CUDA runtime
             for name in _ENTRIES:
                 entry = getattr(library, name)
                 entry.argtypes, entry.restype = [ctypes.c_void_p] * 3 + [ctypes.c_int64] * 9 + [ctypes.c_int], None
@@ -44,6 +46,18 @@ def _library():
             log.warning("could not build %s (%s: %s); depthwise convolutions use torch's", SOURCE.name,
                         type(error).__name__, error)
     return _state["library"]
+
+
+@contextlib.contextmanager
+def _quiet(logger: str):
+    """Only errors from ``logger`` while the block runs."""
+    target = logging.getLogger(logger)
+    level = target.level
+    target.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        target.setLevel(level)
 
 
 def _nhwc(x: Tensor) -> bool:
