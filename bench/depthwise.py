@@ -33,8 +33,12 @@ def shapes(cfg: dict, arch: str) -> list[tuple[int, int, int, int, int, int]]:
     """(N, C, H, W, kernel, stride) of each depthwise convolution in ``arch``, in order, without repeats."""
     model = build_model(arch, cfg["model"], NormActFactory("bn_relu"))
     seen: dict[tuple, None] = {}
-    hooks = [m.register_forward_pre_hook(lambda m, a: seen.setdefault(
-        (*a[0].shape, m.kernel_size[0], m.stride[0]), None)) for m in model.modules() if isinstance(m, DepthwiseConv2d)]
+    convs = [m for m in model.modules() if isinstance(m, DepthwiseConv2d)]
+
+    def record(module, args):
+        seen.setdefault((*args[0].shape, module.kernel_size[0], module.stride[0]), None)
+
+    hooks = [m.register_forward_pre_hook(record) for m in convs]
     with torch.no_grad():
         model(torch.zeros(cfg["train"]["batch_size"], 3, 32, 32))
     for h in hooks:
@@ -101,7 +105,7 @@ def main(argv=None) -> int:
             o, b = totals[(arch, name, "ours")], totals[(arch, name, "onednn")]
             rows.append({"arch": arch, "shape": "all", "kernel": "", "stride": "", "job": name,
                          "onednn_us": round(b, 1), "ours_us": round(o, 1), "ratio": round(o / b, 3)})
-    print(f"| arch | shape (N,C,H,W) | k | stride | job | oneDNN (us) | ours (us) | ours / oneDNN |")
+    print("| arch | shape (N,C,H,W) | k | stride | job | oneDNN (us) | ours (us) | ours / oneDNN |")
     print("|---|---|---:|---:|---|---:|---:|---:|")
     for r in rows:
         print(f"| {r['arch']} | {r['shape']} | {r['kernel']} | {r['stride']} | {r['job']} | {r['onednn_us']} | "

@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-__all__ = ["DepthwiseConv2d"]
+__all__ = ["DepthwiseConv2d", "load"]
 
 log = logging.getLogger(__name__)
 
@@ -29,6 +29,11 @@ SOURCE = Path(__file__).with_name("depthwise.cpp")
 MAX_KERNEL = 7  # kMaxTaps in depthwise.cpp
 _ENTRIES = ("depthwise_forward", "depthwise_backward_input", "depthwise_backward_weight")
 _state = {"library": None, "failed": False}
+
+
+def load() -> bool:
+    """Build (once per machine) or load the loops now; False where they cannot be built."""
+    return _library() is not None
 
 
 def _library():

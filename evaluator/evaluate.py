@@ -30,6 +30,7 @@ import torch
 
 from primitives import LayerGraph
 
+from . import depthwise
 from .config import DEFAULTS, check_scoring, quality_step
 from .data import Dataset, load_dataset
 from .fingerprint import fingerprint
@@ -140,6 +141,8 @@ class Evaluator:
         self.cfg = cfg
         torch.set_num_threads(cfg["train"]["threads"])
         self.device = pick_device(cfg["train"]["device"])
+        if self.device.type == "cpu":  # build or load the depthwise loops now, not in the first evaluation's time
+            depthwise.load()
         self.data = (data if data is not None else load_dataset(cfg["data"], cfg["seed"])).to(self.device)
 
     def _factory(self, layer: Layer) -> NormActFactory:

@@ -9,6 +9,7 @@ from torch import nn
 from evaluator import depthwise
 from evaluator.config import DEFAULTS, merge
 from evaluator.depthwise import DepthwiseConv2d
+from evaluator.evaluate import Evaluator
 from evaluator.models import NormActFactory, build_model
 
 CL = torch.channels_last
@@ -117,6 +118,13 @@ def test_without_the_loops_it_is_the_convolution(monkeypatch):
     out = conv(x)
     assert "_Conv" not in type(out.grad_fn).__name__
     torch.testing.assert_close(out, F.conv2d(x, conv.weight, None, 2, 1, 1, 6))
+
+
+@needs_library
+def test_an_evaluator_on_cpu_loads_the_loops_when_it_starts(monkeypatch, tiny_cfg):
+    monkeypatch.setitem(depthwise._state, "library", None)
+    Evaluator(tiny_cfg())
+    assert depthwise._state["library"] is not None
 
 
 @pytest.mark.parametrize("kernel", [2, 9])
