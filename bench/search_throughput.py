@@ -11,8 +11,9 @@ machine) and the ``--set`` overrides; ``PYTHONPATH`` is the version's tree. Runn
 same machine load. The counts come from the journals (``quick_runs.funnel``): distinct candidates the
 evaluator ran (references and duplicates not counted), those of them that trained at least one step (the
 others were pre-rejected in milliseconds or failed the stability check), those past the quality check, those
-trained to completion. ``--recount`` counts the runs already under ``--runs`` again, running nothing. Writes
-``<name>.csv`` (one row per run) and ``<name>.md`` (the table, with head / base per seed).
+trained to completion, and the training steps per second of evaluation (which, unlike the counts, does not
+depend on how many candidates pass). ``--recount`` counts the runs already under ``--runs`` again, running
+nothing. Writes ``<name>.csv`` (one row per run) and ``<name>.md`` (the table, with head / base per seed).
 """
 from __future__ import annotations
 
@@ -30,7 +31,7 @@ from search import open_run  # noqa: E402
 REPO = Path(__file__).resolve().parents[1]
 OUTCOMES = ("references", "prefilter", "stability", "quality", "completed", "other")
 FIELDS = ("seed", "role", "version", "evaluated", "trained", "past_quality", "completed", "wall_s") + tuple(
-    f"s_{o}" for o in OUTCOMES)
+    f"s_{o}" for o in OUTCOMES) + ("steps",)
 COUNTS = FIELDS[3:7]
 
 
@@ -55,14 +56,17 @@ def _outcome(row) -> str:
 
 
 def count(run_dir: Path) -> dict:
-    """The funnel of one finished run, the candidates that trained at least one step, and the evaluators'
-    seconds by outcome (``s_quality``: candidates rejected at the quality check, and so on)."""
+    """The funnel of one finished run, the candidates that trained at least one step, the evaluators'
+    seconds by outcome (``s_quality``: candidates rejected at the quality check, and so on) and the training
+    steps of the search's candidates (references not counted)."""
     f = funnel(str(run_dir))
     with open_run(str(run_dir)) as view:
         rows = [r for r in view.candidates() if r.duplicate_of is None and r.finished]
     seconds = {f"s_{o}": round(sum(r.wall_time or 0.0 for r in rows if _outcome(r) == o), 1) for o in OUTCOMES}
     trained = sum(r.role != "reference" and r.steps > 0 for r in rows)
-    return {"trained": trained, **{k: f[k] for k in ("evaluated", "past_quality", "completed", "wall_s")}, **seconds}
+    steps = sum(r.steps for r in rows if r.role != "reference")
+    return {"trained": trained, **{k: f[k] for k in ("evaluated", "past_quality", "completed", "wall_s")}, **seconds,
+            "steps": steps}
 
 
 def run(args: argparse.Namespace) -> list[dict]:
@@ -104,6 +108,16 @@ def table(rows: list[dict]) -> str:
         wall = sum(r["wall_s"] for r in rows if r["role"] == role) or 1
         spent = [sum(r[f"s_{o}"] for r in rows if r["role"] == role) for o in OUTCOMES]
         out.append(f"| {role} | " + " | ".join(f"{t:.0f} ({t / wall:.0%})" for t in spent) + " |")
+    out += ["", "Training steps of the search's candidates, all seeds: a speed that does not depend on how many of",
+            "them pass (the seconds are their evaluations', references not counted):", "",
+            "| version | steps | seconds | steps per second |", "|---|---:|---:|---:|"]
+    rates = {}
+    for role in ("base", "head"):
+        steps = sum(r["steps"] for r in rows if r["role"] == role)
+        seconds = sum(r[f"s_{o}"] for r in rows if r["role"] == role for o in OUTCOMES if o != "references")
+        rates[role] = steps / seconds if seconds else 0.0
+        out.append(f"| {role} | {steps} | {seconds:.0f} | {rates[role]:.1f} |")
+    out.append(f"| head / base | | | {rates['head'] / rates['base']:.2f} |" if rates["base"] else "| head / base | | | - |")
     return "\n".join(out)
 
 
