@@ -64,6 +64,7 @@ def _rows(rank):
 
 
 def _worker(rank, store_dir):
+    os.environ["GLOO_SOCKET_IFNAME"] = "lo"  # gloo's pairs bind to the loopback, never the machine's other interface
     dist.init_process_group("gloo", init_method=f"file://{store_dir}/store", rank=rank, world_size=WORLD)
     torch.set_num_threads(1)
     rows = _rows(rank)
