@@ -75,27 +75,33 @@ inline void fma_row(float* out, const float* a, const float* b, int64_t n) {
   }
 }
 
+// Stride 1: f(tap, in, w0, w1) for each tap of output row oh (sample n) that reads an input row: `in` points
+// at input row oh - P + kh, and the tap shifts it by (kw - P) * C over output columns [w0, w1).
+template <typename F>
+inline void for_row_taps(const Geometry& g, const float* t, int64_t n, int64_t oh, F&& f) {
+  int64_t kh0, kh1;
+  g.valid(oh - g.P, g.H, kh0, kh1);
+  for (int64_t kh = kh0; kh < kh1; kh++) {
+    const float* in = t + (n * g.H + oh - g.P + kh) * g.W * g.C;
+    for (int64_t kw = 0; kw < g.K; kw++) {
+      const int64_t shift = kw - g.P, w0 = std::max<int64_t>(0, -shift), w1 = std::min(g.W, g.W - shift);
+      if (w1 > w0) f(kh * g.K + kw, in + shift * g.C, w0, w1);
+    }
+  }
+}
+
 // Stride 1: y = the correlation of x with the (possibly flipped) kernel, one image row at a time.
 void correlate_rows(const float* x, const float* wt, float* y, const Geometry& g, bool flip, int threads) {
-  const int64_t K = g.K, P = g.P, W = g.W, C = g.C, row = W * C;
-  const std::vector<float> tiled = tile_taps(wt, K * K, W, C, flip);
+  const int64_t W = g.W, C = g.C, row = W * C;
+  const std::vector<float> tiled = tile_taps(wt, g.K * g.K, W, C, flip);
 #pragma omp parallel for num_threads(threads) schedule(static) collapse(2)
   for (int64_t n = 0; n < g.N; n++) {
     for (int64_t oh = 0; oh < g.H; oh++) {
       float* out = y + (n * g.H + oh) * row;
       std::fill(out, out + row, 0.0f);
-      int64_t kh0, kh1;
-      g.valid(oh - P, g.H, kh0, kh1);
-      for (int64_t kh = kh0; kh < kh1; kh++) {
-        const float* in = x + (n * g.H + oh - P + kh) * row;
-        for (int64_t kw = 0; kw < K; kw++) {
-          const int64_t shift = kw - P, w0 = std::max<int64_t>(0, -shift), w1 = std::min(W, W - shift);
-          if (w1 > w0) {
-            fma_row(out + w0 * C, in + (w0 + shift) * C, tiled.data() + ((kh * K + kw) * W + w0) * C,
-                    (w1 - w0) * C);
-          }
-        }
-      }
+      for_row_taps(g, x, n, oh, [&](int64_t tap, const float* in, int64_t w0, int64_t w1) {
+        fma_row(out + w0 * C, in + w0 * C, tiled.data() + (tap * W + w0) * C, (w1 - w0) * C);
+      });
     }
   }
 }
@@ -103,22 +109,13 @@ void correlate_rows(const float* x, const float* wt, float* y, const Geometry& g
 // Stride 1: one sample's weight-gradient partial sums, part[k * C + c], through per-tap row accumulators.
 void weight_rows(const float* grad, const float* x, float* part, int64_t n, const Geometry& g,
                  std::vector<float>& rows) {
-  const int64_t K = g.K, P = g.P, W = g.W, C = g.C, row = W * C, taps = K * K;
+  const int64_t W = g.W, C = g.C, row = W * C, taps = g.K * g.K;
   std::fill(rows.begin(), rows.end(), 0.0f);
   for (int64_t oh = 0; oh < g.H; oh++) {
     const float* gr = grad + (n * g.H + oh) * row;
-    int64_t kh0, kh1;
-    g.valid(oh - P, g.H, kh0, kh1);
-    for (int64_t kh = kh0; kh < kh1; kh++) {
-      const float* in = x + (n * g.H + oh - P + kh) * row;
-      for (int64_t kw = 0; kw < K; kw++) {
-        const int64_t shift = kw - P, w0 = std::max<int64_t>(0, -shift), w1 = std::min(W, W - shift);
-        if (w1 > w0) {
-          fma_row(rows.data() + (kh * K + kw) * row + w0 * C, gr + w0 * C, in + (w0 + shift) * C,
-                  (w1 - w0) * C);
-        }
-      }
-    }
+    for_row_taps(g, x, n, oh, [&](int64_t tap, const float* in, int64_t w0, int64_t w1) {
+      fma_row(rows.data() + tap * row + w0 * C, gr + w0 * C, in + w0 * C, (w1 - w0) * C);
+    });
   }
   for (int64_t k = 0; k < taps; k++) {
     float* out = part + k * C;
@@ -130,6 +127,33 @@ void weight_rows(const float* grad, const float* x, float* part, int64_t n, cons
         store(load(out + c, lanes) + load(r + c, lanes), out + c, lanes);
       }
     }
+  }
+}
+
+// Other strides: one sample's weight-gradient partial sums, part[k * C + c], with the taps' accumulators of a
+// block of channels in registers.
+void weight_positions(const float* grad, const float* x, float* part, int64_t n, const Geometry& g) {
+  const int64_t K = g.K, S = g.S, P = g.P, C = g.C, taps = K * K;
+  for (int64_t c = 0; c < C; c += kWidth) {
+    const int64_t lanes = std::min(kWidth, C - c);
+    V acc[kMaxTaps];
+    for (int64_t k = 0; k < taps; k++) acc[k] = V(0.0f);
+    for (int64_t oh = 0; oh < g.Ho; oh++) {
+      int64_t kh0, kh1;
+      g.valid(oh * S - P, g.H, kh0, kh1);
+      for (int64_t ow = 0; ow < g.Wo; ow++) {
+        int64_t kw0, kw1;
+        g.valid(ow * S - P, g.W, kw0, kw1);
+        const V gv = load(grad + ((n * g.Ho + oh) * g.Wo + ow) * C + c, lanes);
+        for (int64_t kh = kh0; kh < kh1; kh++) {
+          const float* in = g.row(x, n, oh * S - P + kh, ow * S - P, g.H, g.W) + c;
+          for (int64_t kw = kw0; kw < kw1; kw++) {
+            acc[kh * K + kw] = at::vec::fmadd(gv, load(in + kw * C, lanes), acc[kh * K + kw]);
+          }
+        }
+      }
+    }
+    for (int64_t k = 0; k < taps; k++) store(acc[k], part + k * C + c, lanes);
   }
 }
 
@@ -218,37 +242,13 @@ void depthwise_backward_weight(const float* grad, const float* x, float* dw, int
   const Geometry g{N, H, W, C, Ho, Wo, K, S, P};
   const int64_t taps = K * K;
   std::vector<float> partial(static_cast<size_t>(N * taps * C));
-  if (S == 1) {
 #pragma omp parallel num_threads(threads)
-    {
-      std::vector<float> rows(static_cast<size_t>(taps * W * C));
+  {
+    std::vector<float> rows(S == 1 ? static_cast<size_t>(taps * W * C) : 0);
 #pragma omp for schedule(static)
-      for (int64_t n = 0; n < N; n++) weight_rows(grad, x, partial.data() + n * taps * C, n, g, rows);
-    }
-  }
-#pragma omp parallel for num_threads(threads) schedule(static)
-  for (int64_t n = 0; n < (S == 1 ? 0 : N); n++) {
-    float* part = partial.data() + n * taps * C;
-    for (int64_t c = 0; c < C; c += kWidth) {
-      const int64_t lanes = std::min(kWidth, C - c);
-      V acc[kMaxTaps];
-      for (int64_t k = 0; k < taps; k++) acc[k] = V(0.0f);
-      for (int64_t oh = 0; oh < Ho; oh++) {
-        int64_t kh0, kh1;
-        g.valid(oh * S - P, H, kh0, kh1);
-        for (int64_t ow = 0; ow < Wo; ow++) {
-          int64_t kw0, kw1;
-          g.valid(ow * S - P, W, kw0, kw1);
-          const V gv = load(grad + ((n * Ho + oh) * Wo + ow) * C + c, lanes);
-          for (int64_t kh = kh0; kh < kh1; kh++) {
-            const float* in = g.row(x, n, oh * S - P + kh, ow * S - P, H, W) + c;
-            for (int64_t kw = kw0; kw < kw1; kw++) {
-              acc[kh * K + kw] = at::vec::fmadd(gv, load(in + kw * C, lanes), acc[kh * K + kw]);
-            }
-          }
-        }
-      }
-      for (int64_t k = 0; k < taps; k++) store(acc[k], part + k * C + c, lanes);
+    for (int64_t n = 0; n < N; n++) {
+      float* part = partial.data() + n * taps * C;
+      if (S == 1) weight_rows(grad, x, part, n, g, rows); else weight_positions(grad, x, part, n, g);
     }
   }
   std::vector<float> total(static_cast<size_t>(taps * C), 0.0f);
