@@ -6,8 +6,10 @@ layers, side by side, as ratios to BatchNorm + ReLU on the same input.
 Layers: eager ``nn.BatchNorm2d`` + ``nn.ReLU(inplace=True)`` (the baseline), ``nn.GroupNorm`` +
 ``nn.SiLU(inplace=True)``, timm's EvoNorm2dS0/B0 (when timm is installed), and this project's
 EvoNorm2dS0/B0 with ``impl="reference"`` and ``impl="fused"``. Each repeat runs one step of every
-layer in turn, so machine load hits them alike; a layer's time is its fastest step (the least
-disturbed one) and the median is kept too. Saved activations are the bytes that autograd packs
+layer, so machine load hits them alike, in an order shuffled per repeat (seeded): a step starts with
+whatever its predecessor left in cache, and in a fixed order each layer would always follow the same
+one (fused S0 the heaviest, reference B0, with the shared input evicted; BN+ReLU the lightest). A
+layer's time is its fastest step (the least disturbed one) and the median is kept too. Saved activations are the bytes that autograd packs
 (``torch.autograd.graph.saved_tensors_hooks``; one count per storage), in units of the input size.
 Fused layers compile on their first call (not timed). glibc's malloc hands large freed blocks back
 to the kernel and takes them again on the next step (thousands of page faults, several ms, falling
@@ -19,6 +21,7 @@ from __future__ import annotations
 
 import ctypes
 import platform
+import random
 import statistics
 import time
 from pathlib import Path
@@ -94,9 +97,10 @@ def measure(shape: List[int], layout: str, repeats: int) -> List[dict]:
     for layer in layers.values():  # warm-up: compilation, allocator, first-call dispatch
         step(layer, x, grad), step(layer, x, grad)
     times = {name: [] for name in layers}
+    order = random.Random(0)
     for _ in range(repeats):
-        for name, layer in layers.items():
-            times[name].append(step(layer, x, grad))
+        for name in order.sample(list(layers), len(layers)):
+            times[name].append(step(layers[name], x, grad))
     base = min(times["bn_relu"])
     size = x.numel() * x.element_size()
     return [{"shape": "x".join(map(str, shape)), "layout": layout, "layer": name,
