@@ -4,9 +4,10 @@ Each variant is a pair of ``torch.library`` custom ops (forward + backward) that
 input and float32 (N, G) / (N, C) / (C,) statistics for backward, never the gate, the normalised
 tensor or the output. Two backends implement them:
 
-* ``cpu`` (:mod:`.s0_cpu`, :mod:`.b0_cpu`): the math written in torch and compiled by inductor on
-  CPU tensors; the same code runs eagerly on devices without a faster path (CUDA without Triton,
-  MPS, ...) and wherever inductor cannot build.
+* ``cpu`` (:mod:`.s0_cpu`, :mod:`.b0_cpu`): hand-written C++ loops for float32 CPU tensors
+  (:mod:`._native`), else the math written in torch and compiled by inductor on CPU tensors; the
+  same code runs eagerly on devices without a faster path (CUDA without Triton, MPS, ...) and
+  wherever inductor cannot build.
 * ``triton`` (:mod:`.s0_triton`, :mod:`.b0_triton`): Triton kernels for CUDA tensors of float32,
   float16 and bfloat16, loaded when CUDA and Triton are both present.
 

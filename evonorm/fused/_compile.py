@@ -8,8 +8,8 @@ dynamo out of the hot path: no guards to evaluate per call and no recompile limi
 network has many layer shapes. Each new layer shape, layout or dtype costs four compiles (about a
 second each on this 2-core machine with inductor's on-disk caches warm, several when cold).
 
-Tensors under ``MIN_NUMEL`` elements run the math eagerly (float32 channels_last ones take the
-C++ loops of :mod:`._native` instead): there a compile per shape would never pay back. The same
+Tensors under ``MIN_NUMEL`` elements run the math eagerly (float32 ones take the C++ loops of
+:mod:`._native` instead): there a compile per shape would never pay back. The same
 math also runs eagerly where compiling cannot serve: other devices, an active dispatch mode
 (``torch.library.opcheck``, ``FakeTensorMode``), ``EVONORM_CPU_COMPILE=0`` or
 :func:`set_cpu_compile`, and an inductor that fails to build (no C++ compiler), which is logged

@@ -1,17 +1,20 @@
-"""Hand-written row-order C++ loops for channels_last float32 EvoNorm on CPU.
+"""Hand-written memory-order C++ loops for float32 EvoNorm on CPU, channels_last and NCHW.
 
 Inductor vectorises a channels_last per-channel sum along C but walks the spatial axis inside
 each C-vector, one strided row per step, which is slower than streaming the rows in memory order
 (bench/layers.py), and inductor will not fuse a stored partial gradient into such a sum.
-``channels_last.cpp`` streams the rows instead, keeping per-channel accumulators in small arrays,
+``cpu_loops.cpp`` streams the rows instead, keeping per-channel accumulators in small arrays,
 and stores the part of ``grad_x`` that needs the sigmoid (S0) or the division (B0) in its sums
-pass, as the NCHW inductor kernels do.
+pass, as the NCHW inductor kernels do. On NCHW it walks each (sample, channel) plane with the
+spatial axis vectorised; there it beats the inductor kernels too, because the (N, C) algebra
+between the passes runs in C++ rather than as a dozen small torch ops, and each direction is one
+call.
 
 The source is compiled once per machine with inductor's C++ toolchain and flags (its on-disk
 cache keeps the library) and called through ``ctypes``. :func:`serves` says when these loops take a
-call: CPU float32 channels_last(_3d) tensors of any size while CPU compiling is on, so the first
-such call of a process builds (or loads) the library. If it cannot be built the inductor kernels
-serve, as before.
+call: CPU float32 tensors of any size, dense in either layout, while CPU compiling is on, so the
+first such call of a process builds (or loads) the library. If it cannot be built the inductor
+kernels serve, as before.
 """
 import ctypes
 import logging
@@ -28,13 +31,13 @@ from ._rows import TILE_BYTES
 
 logger = logging.getLogger(__name__)
 
-SOURCE = Path(__file__).with_name("channels_last.cpp")
+SOURCE = Path(__file__).with_name("cpu_loops.cpp")
 _P, _I64, _INT, _F = ctypes.c_void_p, ctypes.c_int64, ctypes.c_int, ctypes.c_float
-_SIGNATURES = {  # tensors, then (N, P, C) and the scalars
-    "s0_forward": [_P] * 7 + [_I64] * 4 + [_F, _INT, _I64, _INT],
-    "s0_backward": [_P] * 10 + [_I64] * 4 + [_INT, _I64, _INT],
-    "b0_forward": [_P] * 10 + [_I64] * 3 + [_F, _I64, _INT],
-    "b0_backward": [_P] * 12 + [_I64] * 3 + [_F, _INT, _I64, _INT],
+_SIGNATURES = {  # tensors, then (N, P, C), the scalars, and (nchw, tile, threads)
+    "s0_forward": [_P] * 7 + [_I64] * 4 + [_F, _INT] + [_INT, _I64, _INT],
+    "s0_backward": [_P] * 10 + [_I64] * 4 + [_INT] + [_INT, _I64, _INT],
+    "b0_forward": [_P] * 10 + [_I64] * 3 + [_F] + [_INT, _I64, _INT],
+    "b0_backward": [_P] * 12 + [_I64] * 3 + [_F, _INT] + [_INT, _I64, _INT],
 }
 _state = {"library": None, "failed": False}
 
@@ -59,11 +62,15 @@ def serves(x: Tensor, *others: Optional[Tensor]) -> bool:
     """True when these loops compute a pass over channels_last ``x`` and ``others`` (None, or
     float32: full-size ones laid out as ``x``, parameters contiguous)."""
     others = [t for t in others if t is not None]
-    return (x.dtype == torch.float32 and memory_format(x) != torch.contiguous_format
+    return (x.dtype == torch.float32 and x.dim() > 2 and _dense(x)
             and all(t.dtype == torch.float32 and (t.stride() == x.stride() if t.shape == x.shape
                                                   else t.is_contiguous()) for t in others)
             and _compile.compiling_enabled([x, *others], min_numel=0)  # built once, for any shape
             and _library() is not None)
+
+
+def _dense(x: Tensor) -> bool:
+    return x.is_contiguous() or memory_format(x) != torch.contiguous_format
 
 
 def _sizes(x: Tensor) -> Tuple[int, int, int]:
@@ -73,10 +80,12 @@ def _sizes(x: Tensor) -> Tuple[int, int, int]:
 
 def _call(name: str, *args):
     """The C function ``name`` on these tensors (None: a null pointer) and scalars, then the
-    row tile (``TILE_BYTES`` of float32 channels) and torch's thread count."""
+    layout (1: NCHW), the tile (``TILE_BYTES`` of float32: rows of channels in channels_last,
+    floats of a plane in NCHW) and torch's thread count."""
     pointers = [a.data_ptr() if isinstance(a, Tensor) else a for a in args]
-    tile = max(1, TILE_BYTES // (4 * args[0].shape[1]))
-    getattr(_library(), name)(*pointers, tile, torch.get_num_threads())
+    nchw = memory_format(args[0]) == torch.contiguous_format
+    tile = TILE_BYTES // 4 if nchw else max(1, TILE_BYTES // (4 * args[0].shape[1]))
+    getattr(_library(), name)(*pointers, int(nchw), tile, torch.get_num_threads())
 
 
 def s0_forward(x: Tensor, weight: Tensor, bias: Tensor, v: Optional[Tensor], groups: int,

@@ -8,8 +8,8 @@ memory in order.
   times 4 bytes being a power of two, the rows compete for a few cache sets). Sums over K-row tiles
   of about ``TILE_BYTES`` (:func:`chunk`), then over the R partial sums, read each row from memory
   once. Walking the strided axis still costs against the NCHW sums, whose rows the prefetcher
-  streams, so float32 channels_last goes to the row-order C++ loops of :mod:`._native` where they
-  build; these views serve the other dtypes and the fallback.
+  streams, so float32 (in both layouts) goes to the memory-order C++ loops of :mod:`._native` where
+  they build; these views serve the other dtypes and the fallback.
 
 The math functions take such views (:func:`rows`), reduce with :func:`channel_sum` and
 :func:`moments`, broadcast (N, C) and (C,) values with :func:`per_sample` and :func:`per_channel`,

@@ -11,8 +11,9 @@ one pass reading ``(x, grad_y)`` for the five sums and one writing ``grad_x``; n
 stored in between (inductor's store-vs-recompute thresholds are raised, see ``_compile``) but, on
 NCHW, the part of ``grad_x`` that needs ``1 / d``, so that the last pass divides no more (as in
 :mod:`.s0_cpu`); every other pass divides once per element. Saved for backward: ``x`` and four (N, C)/(C,) statistics. The first
-call for a new shape, layout or dtype compiles (cached on disk). ``bench/layers.py`` measures time and
-memory against BatchNorm2d + ReLU and timm; the README has the numbers.
+call for a new shape, layout or dtype compiles (cached on disk). Float32 tensors in either layout take
+the C++ loops of :mod:`._native` instead. ``bench/layers.py`` measures time and memory against
+BatchNorm2d + ReLU and timm; the README has the numbers.
 """
 import torch
 from torch import Tensor

@@ -14,8 +14,8 @@ elementwise pass; backward one pass reading ``(x, grad_y)`` for the three sums a
 ``grad_x``. Nothing full-size is saved for backward but ``x`` (plus two (N, G) statistics), so the
 sigmoid is evaluated in every pass but the statistics, except that on NCHW the sums' pass also
 stores the part of ``grad_x`` that needs it (float32, one extra write and read) and the last pass
-evaluates none. Float32 channels_last tensors take the C++ loops of :mod:`._native` instead; other
-channels_last dtypes keep these kernels, without the store (see :mod:`._rows`).
+evaluates none. Float32 tensors in either layout take the C++ loops of :mod:`._native` instead; other
+dtypes keep these kernels (channels_last ones without the store, see :mod:`._rows`).
 The first call for a new shape, layout or dtype compiles (cached on disk by inductor).
 ``bench/layers.py`` measures time and memory against BatchNorm2d + ReLU and timm; the README has the
 numbers.

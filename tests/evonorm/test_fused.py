@@ -4,9 +4,9 @@ Both share the parameters and running variance; every check compares the output,
 gradient, every parameter gradient and the running variance, within rtol=1e-5, atol=1e-6 in float32
 (1e-2 in fp16/bf16). Parameter gradients are sums over N * spatial terms that the two sides add in
 different orders, so their atol grows with that count (as in test_layers.py); the rest is strict.
-Small inputs run the compiled math eagerly (``_compile.MIN_NUMEL``), float32 channels_last ones
-excepted (test_native.py covers their C++ loops); the ``compiled`` fixture lowers the same math with
-inductor, as large inputs do. The reference itself is checked against a float64 loop implementation
+Small inputs run the compiled math eagerly (``_compile.MIN_NUMEL``), float32 ones excepted, which the
+C++ loops serve in both layouts (test_native.py covers them; ``inductor_only`` turns them off); the
+``compiled`` fixture lowers the same math with inductor, as large inputs of other dtypes do. The reference itself is checked against a float64 loop implementation
 in test_layers.py; the Triton kernels are checked in test_triton_interpret.py.
 """
 import copy
@@ -73,8 +73,8 @@ def assert_same(fast, ref, x, training=True, steps=2, tol=None):
 
 
 def inductor_only(monkeypatch):
-    """The inductor kernels serve channels_last float32 too, as where channels_last.cpp cannot build,
-    and the tests' small inputs as well."""
+    """The inductor kernels serve float32 too, as where cpu_loops.cpp cannot build, and the tests'
+    small inputs as well."""
     monkeypatch.setitem(_native._state, "library", None)
     monkeypatch.setitem(_native._state, "failed", True)
     monkeypatch.setattr(_compile, "MIN_NUMEL", 0)
@@ -176,6 +176,7 @@ def test_inductor_failure_falls_back_to_eager(compiled, monkeypatch, caplog):
     def broken(*args, **kwargs):
         raise RuntimeError("no C++ compiler")
 
+    inductor_only(monkeypatch)
     monkeypatch.setattr(torch._inductor, "compile", broken)
     monkeypatch.setitem(_compile._state, "failed", False)
     fast, ref = make_pair("S0", (2, 16, 3, 3), groups=4)

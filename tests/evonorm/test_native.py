@@ -1,9 +1,10 @@
-"""The channels_last float32 C++ loops (evonorm.fused._native) against the reference layers.
+"""The float32 C++ loops (evonorm.fused._native), channels_last and NCHW, against the reference layers.
 
 The same parity checks as test_fused.py (output, input and parameter gradients, running variance,
-rtol=1e-5), on the shapes that exercise the C++: channels that fill no whole vector, spatial sizes
-that fill no whole row tile, batch 1, 3d, every variant; plus where the loops must not serve, a
-library that cannot be built, special values, and thread counts.
+rtol=1e-5), on the shapes that exercise the C++ in both walks: channels (channels_last) or planes
+(NCHW) that fill no whole vector, spatial sizes that fill no whole row tile or plane tile, batch 1,
+1d and 3d, every variant; plus where the loops must not serve, a library that cannot be built,
+special values, and thread counts.
 """
 import logging
 
@@ -17,7 +18,7 @@ from test_fused import FUSED, TOL, assert_same, inductor_only, make_pair, rand, 
 
 @pytest.fixture
 def native():
-    assert _native._library() is not None, "channels_last.cpp did not build"
+    assert _native._library() is not None, "cpu_loops.cpp did not build"
 
 
 def served(monkeypatch):
@@ -30,25 +31,37 @@ def served(monkeypatch):
 
 @pytest.mark.parametrize("training", [True, False], ids=["train", "eval"])
 @pytest.mark.parametrize("shape", [
-    (2, 40, 7, 9),     # C = 40: two vectors and a partial one; 63 rows, one tile
+    (2, 40, 7, 9),     # C = 40: two vectors and a partial one; 63 rows, one tile. NCHW: planes of 63
     (1, 20, 33, 31),   # batch 1, C = 20, 1023 rows in tiles of 409 and a partial one
     (3, 3, 4, 5),      # C = 3 < one vector
     (2, 256, 6, 6),    # C = 256: tiles of 32 rows
     (2, 12, 3, 5, 2),  # channels_last_3d
-], ids=["c40", "n1-tiles", "c3", "c256", "3d"])
+    (1, 2, 100, 90),   # NCHW planes of 9000 floats: a tile of 8192 and a partial one
+], ids=["c40", "n1-tiles", "c3", "c256", "3d", "big-planes"])
+@pytest.mark.parametrize("layout", ["channels_last", "nchw"])
 @pytest.mark.parametrize("variant", FUSED)
-def test_matches_reference(native, monkeypatch, variant, shape, training):
+def test_matches_reference(native, monkeypatch, variant, layout, shape, training):
     kw = {"groups": 4 if shape[1] % 4 == 0 else 1} if variant[0] == "S" else {}
     fast, ref = make_pair(variant, shape, **kw)
     calls = served(monkeypatch)
-    y = assert_same(fast, ref, rand(shape, channels_last=True), training)[0]
-    assert len(calls) == 4 and y.is_contiguous(memory_format=y.dim() == 4 and torch.channels_last
-                                                or torch.channels_last_3d)
+    y = assert_same(fast, ref, rand(shape, channels_last=layout == "channels_last"), training)[0]
+    want = torch.contiguous_format if layout == "nchw" else {4: torch.channels_last, 5: torch.channels_last_3d}[y.dim()]
+    assert len(calls) == 4 and y.is_contiguous(memory_format=want)
 
 
+@pytest.mark.parametrize("variant", ["S0", "B0"])
+def test_1d_inputs(native, monkeypatch, variant):
+    """(N, C, L) is NCHW with planes of L floats."""
+    fast, ref = make_pair(variant, (3, 8, 37), **({"groups": 4} if variant == "S0" else {}))
+    calls = served(monkeypatch)
+    assert_same(fast, ref, rand((3, 8, 37)))
+    assert len(calls) == 4
+
+
+@pytest.mark.parametrize("layout", ["channels_last", "nchw"])
 @pytest.mark.parametrize("kernels", ["native", "inductor"])
 @pytest.mark.parametrize("variant", ["S0", "B0"])
-def test_large_gate_arguments_and_constant_input(native, monkeypatch, variant, kernels):
+def test_large_gate_arguments_and_constant_input(native, monkeypatch, variant, kernels, layout):
     """v x far beyond exp's float32 range (overflow to inf, underflow to 0) and zero variance."""
     if kernels == "inductor":
         inductor_only(monkeypatch)
@@ -56,10 +69,11 @@ def test_large_gate_arguments_and_constant_input(native, monkeypatch, variant, k
     fast, ref = make_pair(variant, shape, **({"groups": 4} if variant == "S0" else {}))
     with torch.no_grad():
         fast.v.mul_(200), ref.v.mul_(200)
-    assert_same(fast, ref, rand(shape, channels_last=True))
+    cl = layout == "channels_last"
+    assert_same(fast, ref, rand(shape, channels_last=cl))
     # Against float64: with zero variance, rstd = eps^-1/2 amplifies any rounding in x - mean by
     # eps^-3/2 in backward, the float32 reference's own rounding included.
-    constant = torch.full(shape, 0.7).to(memory_format=torch.channels_last)
+    constant = torch.full(shape, 0.7).to(memory_format=torch.channels_last if cl else torch.contiguous_format)
     grad_y = rand(shape, seed=10)
     got = step(fast, constant, grad_y)
     want = step(ref.double(), constant.double(), grad_y.double())
@@ -67,13 +81,14 @@ def test_large_gate_arguments_and_constant_input(native, monkeypatch, variant, k
         torch.testing.assert_close(a.double(), b, rtol=1e-5, atol=1e-6 * float(b.detach().abs().max()))
 
 
+@pytest.mark.parametrize("layout", ["channels_last", "nchw"])
 @pytest.mark.parametrize("variant", ["S0", "B0"])
-def test_nan_and_inf_propagate_as_in_the_inductor_kernels(native, monkeypatch, variant):
+def test_nan_and_inf_propagate_as_in_the_inductor_kernels(native, monkeypatch, variant, layout):
     shape = (3, 16, 4, 4)
-    x = rand(shape, channels_last=True)
+    x = rand(shape, channels_last=layout == "channels_last")
     x[0, 3, 1, 2], x[1, 5, 0, 0], x[1, 6, 2, 2] = float("nan"), float("inf"), -float("inf")
     layer, _ = make_pair(variant, shape, **({"groups": 4} if variant == "S0" else {}))
-    grad_y = rand(shape, seed=3, channels_last=True)
+    grad_y = rand(shape, seed=3, channels_last=layout == "channels_last")
     got = step(layer, x, grad_y)
     inductor_only(monkeypatch)
     want = step(layer, x, grad_y)
@@ -81,10 +96,14 @@ def test_nan_and_inf_propagate_as_in_the_inductor_kernels(native, monkeypatch, v
         torch.testing.assert_close(a, b, equal_nan=True, **TOL[torch.float32])
 
 
-def test_thread_count_changes_no_bit(native):
-    """Reductions run per sample and cross-sample sums serially, in the same order at any count."""
-    fast, _ = make_pair("B0", (4, 24, 9, 9))
-    x, grad_y = rand((4, 24, 9, 9), channels_last=True), rand((4, 24, 9, 9), seed=2)
+@pytest.mark.parametrize("layout", ["channels_last", "nchw"])
+@pytest.mark.parametrize("variant", ["S0", "B0"])
+def test_thread_count_changes_no_bit(native, variant, layout):
+    """Reductions run per sample (per plane in NCHW) and cross-sample sums serially, in the same
+    order at any count."""
+    fast, _ = make_pair(variant, (4, 24, 9, 9), **({"groups": 4} if variant == "S0" else {}))
+    cl = layout == "channels_last"
+    x, grad_y = rand((4, 24, 9, 9), channels_last=cl), rand((4, 24, 9, 9), seed=2, channels_last=cl)
     threads = torch.get_num_threads()
     try:
         torch.set_num_threads(1)
@@ -96,15 +115,18 @@ def test_thread_count_changes_no_bit(native):
     assert all(torch.equal(a, b) for a, b in zip(one, two))
 
 
-@pytest.mark.parametrize("case", ["nchw", "float64", "bfloat16", "grad_y strides"])
-def test_serves_only_channels_last_float32(monkeypatch, case):
+@pytest.mark.parametrize("case", ["strided view", "float64", "bfloat16", "grad_y strides", "2d input"])
+def test_serves_only_dense_float32(native, case):
     x = rand((2, 16, 64, 64), channels_last=True)
-    if case == "nchw":
-        x = x.contiguous()
+    if case == "strided view":
+        x = rand((2, 16, 64, 128))[..., ::2]
     elif case in ("float64", "bfloat16"):
         x = x.to(getattr(torch, case))
+    elif case == "2d input":
+        x = rand((4, 16))
     others = [rand((2, 16, 64, 64))] if case == "grad_y strides" else []
     assert _native.serves(rand((2, 16, 64, 64), channels_last=True))
+    assert _native.serves(rand((2, 16, 64, 64)), rand((2, 16, 64, 64), seed=1))
     assert not _native.serves(x, *others)
 
 

@@ -1,11 +1,14 @@
-// Row-order loops for channels_last float32 EvoNorm on CPU (see _native.py).
+// Memory-order loops for float32 EvoNorm on CPU (see _native.py), for both dense layouts.
 //
 // A tensor (N, C, *spatial) in channels_last is, in memory, N blocks of P rows of C floats
-// (P = the spatial size). Every loop here walks the rows in memory order and keeps its per-channel
+// (P = the spatial size). Those loops walk the rows in memory order and keep their per-channel
 // accumulators in small arrays, so each row is read once, front to back, with the C axis
 // vectorised. Reductions run per sample (one thread per sample) and sum tiles of `tile` rows
 // before adding them to the sample's total, which keeps float32 sums short. Elementwise loops run
-// over all N * P rows.
+// over all N * P rows. In NCHW the same tensor is N * C planes of P floats: those loops vectorise
+// the spatial axis, one plane per thread at a time, summing tiles of `tile` floats.
+// Both walks evaluate the same per-element functions (s0_output, s0_terms, ...), with per-channel
+// values loaded as vectors (channels_last) or broadcast from a scalar (NCHW).
 //
 // Each entry point is one direction of a layer: the statistics pass, the (N, C) algebra of
 // s0_op.py / b0_op.py (the same formulas, here in C++ so that a call leaves Python once), and the
@@ -66,13 +69,47 @@ inline V exp_inline(const V& x) {
 
 inline V sigmoid(const V& z) { return V(1) / (V(1) + exp_inline(z.neg())); }
 
+// S0's output, x sigmoid(v x) scale + bias.
+inline V s0_output(const V& xv, const V& v, const V& scale, const V& bias) {
+  return xv * sigmoid(xv * v) * scale + bias;
+}
+
+// S0's backward terms at one element: the three sums' summands (g x s, g x^2 s (1 - s), g) and
+// the part of grad_x that needs the sigmoid, g a (s + v x s (1 - s)).
+struct S0Terms {
+  V gh, gv, g, partial;
+};
+
+inline S0Terms s0_terms(const V& xv, const V& gv, const V& v, const V& a) {
+  const V z = xv * v;
+  const V s = sigmoid(z);
+  const V gx = gv * xv;
+  return {gx * s, gx * xv * s * (V(1) - s), gv, gv * a * (s * (V(1) + z * (V(1) - s)))};
+}
+
+// The rest of grad_x: partial + k (x - mu).
+inline V centred_term(const V& partial, const V& k, const V& xv, const V& mu) {
+  return partial + k * (xv - mu);
+}
+
+// A vector of `lanes` lanes of v, the others 0 (a partial block's summand).
+inline V first_lanes(const V& v, int64_t lanes) { return lanes == kWidth ? v : V::set(V(0), v, lanes); }
+
+// Sum of the lanes, in lane order, in double.
+inline double lane_sum(const V& v) {
+  float lanes[kWidth];
+  v.store(lanes);
+  double total = 0;
+  for (int64_t i = 0; i < kWidth; i++) total += lanes[i];
+  return total;
+}
+
 // Per-sample reduction driver: for each sample n (in parallel), `rows(n, p0, p1, tile_acc)` adds
 // rows [p0, p1) into the zeroed tile accumulators `tile_acc` (nacc arrays of C floats); each tile
-// is then added to the sample's totals out[a] + n * C, and after(n) runs once they are complete.
-template <typename Rows, typename After>
+// is then added to the sample's totals out[a] + n * C.
+template <typename Rows>
 void reduce_per_sample(int64_t n_samples, int64_t rows_per_sample, int64_t channels,
-                       int64_t tile, int nacc, float* const* out, int threads, Rows&& rows,
-                       After&& after) {
+                       int64_t tile, int nacc, float* const* out, int threads, Rows&& rows) {
 #pragma omp parallel num_threads(threads)
   {
   std::vector<float> acc(static_cast<size_t>(nacc * channels));
@@ -88,7 +125,6 @@ void reduce_per_sample(int64_t n_samples, int64_t rows_per_sample, int64_t chann
         for_channels(channels, [&](int64_t c, int64_t l) { add_to(total + c, load(part + c, l), l); });
       }
     }
-    after(n);
   }
   }
 }
@@ -141,10 +177,9 @@ void sample_moments(const float* xn, float* mean, float* var, int64_t rows, int6
   for_channels(channels, [&](int64_t c, int64_t l) { store(load(var + c, l) * inv_rows, var + c, l); });
 }
 
-// For each sample n in parallel: sample_moments into mean/var + n * C, then after(n).
-template <typename After>
+// For each sample n in parallel: sample_moments into mean/var + n * C.
 void moments_per_sample(const float* x, float* mean, float* var, int64_t n_samples, int64_t rows,
-                        int64_t channels, int64_t tile, int threads, After&& after) {
+                        int64_t channels, int64_t tile, int threads) {
 #pragma omp parallel num_threads(threads)
   {
     std::vector<float> scratch(static_cast<size_t>(2 * channels));
@@ -152,7 +187,6 @@ void moments_per_sample(const float* x, float* mean, float* var, int64_t n_sampl
     for (int64_t n = 0; n < n_samples; n++) {
       sample_moments(x + n * rows * channels, mean + n * channels, var + n * channels, rows,
                      channels, tile, scratch.data(), scratch.data() + channels);
-      after(n);
     }
   }
 }
@@ -162,6 +196,113 @@ template <typename F>
 void for_rows(int64_t n_samples, int64_t rows, int threads, int64_t channels, F&& f) {
 #pragma omp parallel for num_threads(threads) schedule(static)
   for (int64_t r = 0; r < n_samples * rows; r++) f(r / rows, r * channels);
+}
+
+// Mean and biased variance of one NCHW plane of `count` floats: sample_moments with one channel
+// and the spatial axis vectorised (tiles of `tile` floats, shifted by the plane's first value,
+// merged with Chan's formula).
+void plane_moments(const float* xp, int64_t count, int64_t tile, float* mean, float* var) {
+  const V first(xp[0]);
+  float m = 0, m2 = 0;
+  int64_t seen = 0;
+  for (int64_t p0 = 0; p0 < count; p0 += tile) {
+    const int64_t k = std::min(tile, count - p0);
+    V sum(0), sq(0);
+    for_channels(k, [&](int64_t p, int64_t l) { sum = sum + first_lanes(load(xp + p0 + p, l) - first, l); });
+    const float tile_mean = xp[0] + static_cast<float>(lane_sum(sum)) / static_cast<float>(k);
+    const V tm(tile_mean);
+    for_channels(k, [&](int64_t p, int64_t l) {
+      const V d = load(xp + p0 + p, l) - tm;
+      sq = sq + first_lanes(d * d, l);
+    });
+    const float total = static_cast<float>(seen + k);
+    const float delta = tile_mean - m;
+    m += delta * (static_cast<float>(k) / total);
+    m2 += static_cast<float>(lane_sum(sq)) + delta * delta * (static_cast<float>(seen) * static_cast<float>(k) / total);
+    seen += k;
+  }
+  *mean = m;
+  *var = m2 / static_cast<float>(count);
+}
+
+// For each of the N * C planes in parallel: f(n, c, offset of the plane).
+template <typename F>
+void for_planes(int64_t n_samples, int64_t channels, int64_t count, int threads, F&& f) {
+#pragma omp parallel for num_threads(threads) schedule(static)
+  for (int64_t i = 0; i < n_samples * channels; i++) f(i / channels, i % channels, i * count);
+}
+
+// Per-(n, c) mean and variance of x in either layout (nchw: planes; else rows).
+void instance_moments(const float* x, float* mean, float* var, int64_t n_samples, int64_t rows,
+                      int64_t channels, int64_t tile, int nchw, int threads) {
+  if (nchw) {
+    for_planes(n_samples, channels, rows, threads, [&](int64_t n, int64_t c, int64_t offset) {
+      plane_moments(x + offset, rows, tile, mean + n * channels + c, var + n * channels + c);
+    });
+  } else {
+    moments_per_sample(x, mean, var, n_samples, rows, channels, tile, threads);
+  }
+}
+
+// Every element of x once, in memory order: f(offset, lanes, per-channel loader), where the loader
+// gives the vector of a (C,) or (N, C) table at the element's channels.
+template <typename F>
+void for_elements(int64_t n_samples, int64_t rows, int64_t channels, int nchw, int threads, F&& f) {
+  if (nchw) {
+    for_planes(n_samples, channels, rows, threads, [&](int64_t n, int64_t c, int64_t offset) {
+      const auto at = [&](const float* table, bool per_sample) {
+        return V(table[(per_sample ? n * channels : 0) + c]);
+      };
+      for_channels(rows, [&](int64_t p, int64_t l) { f(offset + p, l, at); });
+    });
+  } else {
+    for_rows(n_samples, rows, threads, channels, [&](int64_t n, int64_t offset) {
+      for_channels(channels, [&](int64_t c, int64_t l) {
+        const auto at = [&](const float* table, bool per_sample) {
+          return load(table + (per_sample ? n * channels : 0) + c, l);
+        };
+        f(offset + c, l, at);
+      });
+    });
+  }
+}
+
+// Per-(n, c) sums of `nacc` summands over x's elements in either layout: out[a] + n * C. terms(offset,
+// lanes, loader, add) calls add(a, summand) for each accumulator; the channels_last walk is
+// reduce_per_sample's (tiles of `tile` rows), the NCHW one sums each plane in float32 vectors over
+// tiles of `tile` floats, whose lanes it adds up in double.
+template <typename Terms>
+void reduce_elements(int64_t n_samples, int64_t rows, int64_t channels, int64_t tile, int nacc,
+                     float* const* out, int nchw, int threads, Terms&& terms) {
+  if (nchw) {
+    for_planes(n_samples, channels, rows, threads, [&](int64_t n, int64_t c, int64_t offset) {
+      const auto at = [&](const float* table, bool per_sample) {
+        return V(table[(per_sample ? n * channels : 0) + c]);
+      };
+      double totals[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+      for (int64_t p0 = 0; p0 < rows; p0 += tile) {
+        V acc[8] = {V(0), V(0), V(0), V(0), V(0), V(0), V(0), V(0)};
+        for_channels(std::min(tile, rows - p0), [&](int64_t p, int64_t l) {
+          terms(offset + p0 + p, l, at, [&](int a, const V& v) { acc[a] = acc[a] + first_lanes(v, l); });
+        });
+        for (int a = 0; a < nacc; a++) totals[a] += lane_sum(acc[a]);
+      }
+      for (int a = 0; a < nacc; a++) out[a][n * channels + c] = static_cast<float>(totals[a]);
+    });
+  } else {
+    reduce_per_sample(n_samples, rows, channels, tile, nacc, out, threads,
+                      [&](int64_t n, int64_t p0, int64_t p1, float* acc) {
+      for (int64_t p = p0; p < p1; p++) {
+        const int64_t offset = (n * rows + p) * channels;
+        for_channels(channels, [&](int64_t c, int64_t l) {
+          const auto at = [&](const float* table, bool per_sample) {
+            return load(table + (per_sample ? n * channels : 0) + c, l);
+          };
+          terms(offset + c, l, at, [&](int a, const V& v) { add_to(acc + a * channels + c, v, l); });
+        });
+      }
+    });
+  }
 }
 
 // B0's 1 / d and the branch taken: d = max(left, v x + inst_std), ties to left.
@@ -195,15 +336,15 @@ inline float sum_samples(const float* t, int64_t n_samples, int64_t channels, in
 extern "C" {
 
 // EvoNorm-S0 forward (s0_op.forward_coefficients, s0_cpu.output_math): y, and the (N, G) mean and
-// rstd that backward needs. v = ones for S1/S2.
+// rstd that backward needs. v = ones for S1/S2. nchw: x is NCHW, else channels_last.
 void s0_forward(const float* x, const float* weight, const float* bias, const float* v, float* y,
                 float* mean, float* rstd, int64_t n_samples, int64_t rows, int64_t channels,
-                int64_t groups, float eps, int centered, int64_t tile, int threads) {
+                int64_t groups, float eps, int centered, int nchw, int64_t tile, int threads) {
   const int64_t per_group = channels / groups;
   std::vector<float> inst_mean(n_samples * channels), inst_var(n_samples * channels),
       scale(n_samples * channels);
-  moments_per_sample(x, inst_mean.data(), inst_var.data(), n_samples, rows, channels, tile, threads,
-                     [&](int64_t n) {
+  instance_moments(x, inst_mean.data(), inst_var.data(), n_samples, rows, channels, tile, nchw, threads);
+  for (int64_t n = 0; n < n_samples; n++) {
     for (int64_t g = 0; g < groups; g++) {
       const float* m = inst_mean.data() + n * channels + g * per_group;
       const float* s2 = inst_var.data() + n * channels + g * per_group;
@@ -225,14 +366,9 @@ void s0_forward(const float* x, const float* weight, const float* bias, const fl
         scale[n * channels + g * per_group + c] = r * weight[g * per_group + c];
       }
     }
-  });
-  for_rows(n_samples, rows, threads, channels, [&](int64_t n, int64_t offset) {
-    const float* sc = scale.data() + n * channels;
-    for_channels(channels, [&](int64_t c, int64_t l) {
-      const V xv = load(x + offset + c, l);
-      const V s = sigmoid(xv * load(v + c, l));
-      store(xv * s * load(sc + c, l) + load(bias + c, l), y + offset + c, l);
-    });
+  }
+  for_elements(n_samples, rows, channels, nchw, threads, [&](int64_t i, int64_t l, const auto& at) {
+    store(s0_output(load(x + i, l), at(v, false), at(scale.data(), true), at(bias, false)), y + i, l);
   });
 }
 
@@ -241,7 +377,7 @@ void s0_forward(const float* x, const float* weight, const float* bias, const fl
 void s0_backward(const float* g, const float* x, const float* weight, const float* v,
                  const float* mean, const float* rstd, float* grad_x, float* grad_w,
                  float* grad_b, float* grad_v, int64_t n_samples, int64_t rows, int64_t channels,
-                 int64_t groups, int has_v, int64_t tile, int threads) {
+                 int64_t groups, int has_v, int nchw, int64_t tile, int threads) {
   const int64_t per_group = channels / groups;
   const float count = static_cast<float>(rows * per_group);
   std::vector<float> sum_gh(n_samples * channels), sum_gv(n_samples * channels),
@@ -251,23 +387,15 @@ void s0_backward(const float* g, const float* x, const float* weight, const floa
   for (int64_t n = 0; n < n_samples; n++) {
     for (int64_t c = 0; c < channels; c++) a[n * channels + c] = rstd[n * groups + c / per_group] * weight[c];
   }
-  reduce_per_sample(n_samples, rows, channels, tile, 3, out, threads,
-                    [&](int64_t n, int64_t p0, int64_t p1, float* acc) {
-    const float* an = a.data() + n * channels;
-    for (int64_t p = p0; p < p1; p++) {
-      const int64_t offset = (n * rows + p) * channels;
-      for_channels(channels, [&](int64_t c, int64_t l) {
-        const V xv = load(x + offset + c, l), gv = load(g + offset + c, l);
-        const V z = xv * load(v + c, l);
-        const V s = sigmoid(z);
-        const V gx = gv * xv;
-        add_to(acc + c, gx * s, l);
-        add_to(acc + channels + c, gx * xv * s * (V(1) - s), l);
-        add_to(acc + 2 * channels + c, gv, l);
-        store(gv * load(an + c, l) * (s * (V(1) + z * (V(1) - s))), grad_x + offset + c, l);
-      });
-    }
-  }, [&](int64_t n) {  // coef = -sum_{c in g} sum_gh w rstd^3 / count, per channel as k
+  reduce_elements(n_samples, rows, channels, tile, 3, out, nchw, threads,
+                  [&](int64_t i, int64_t l, const auto& at, const auto& add) {
+    const S0Terms t = s0_terms(load(x + i, l), load(g + i, l), at(v, false), at(a.data(), true));
+    add(0, t.gh);
+    add(1, t.gv);
+    add(2, t.g);
+    store(t.partial, grad_x + i, l);
+  });
+  for (int64_t n = 0; n < n_samples; n++) {  // coef = -sum_{c in g} sum_gh w rstd^3 / count, per channel as k
     for (int64_t gi = 0; gi < groups; gi++) {
       float total = 0;
       for (int64_t c = gi * per_group; c < (gi + 1) * per_group; c++) total += sum_gh[n * channels + c] * weight[c];
@@ -278,7 +406,7 @@ void s0_backward(const float* g, const float* x, const float* weight, const floa
         mu[n * channels + c] = mean[n * groups + gi];
       }
     }
-  });
+  }
   for (int64_t c = 0; c < channels; c++) {
     double gw = 0, gv = 0;
     for (int64_t n = 0; n < n_samples; n++) {
@@ -290,13 +418,9 @@ void s0_backward(const float* g, const float* x, const float* weight, const floa
     grad_b[c] = sum_samples(sum_g.data(), n_samples, channels, c);
     if (has_v) grad_v[c] = static_cast<float>(gv) * weight[c];
   }
-  for_rows(n_samples, rows, threads, channels, [&](int64_t n, int64_t offset) {
-    const float* kn = k.data() + n * channels;
-    const float* mn = mu.data() + n * channels;
-    for_channels(channels, [&](int64_t c, int64_t l) {
-      float* out_x = grad_x + offset + c;
-      store(load(out_x, l) + load(kn + c, l) * (load(x + offset + c, l) - load(mn + c, l)), out_x, l);
-    });
+  for_elements(n_samples, rows, channels, nchw, threads, [&](int64_t i, int64_t l, const auto& at) {
+    store(centred_term(load(grad_x + i, l), at(k.data(), true), load(x + i, l), at(mu.data(), true)),
+          grad_x + i, l);
   });
 }
 
@@ -305,14 +429,10 @@ void s0_backward(const float* g, const float* x, const float* weight, const floa
 void b0_forward(const float* x, const float* weight, const float* bias, const float* v,
                 const float* running_var, float* y, float* inst_mean, float* inst_std,
                 float* batch_mean, float* batch_var, int64_t n_samples, int64_t rows,
-                int64_t channels, float eps, int64_t tile, int threads) {
+                int64_t channels, float eps, int nchw, int64_t tile, int threads) {
   std::vector<float> inst_var(n_samples * channels), left(channels);
-  moments_per_sample(x, inst_mean, inst_var.data(), n_samples, rows, channels, tile, threads,
-                     [&](int64_t n) {
-    for (int64_t c = 0; c < channels; c++) {
-      inst_std[n * channels + c] = std::sqrt(inst_var[n * channels + c] + eps);
-    }
-  });
+  instance_moments(x, inst_mean, inst_var.data(), n_samples, rows, channels, tile, nchw, threads);
+  for (int64_t i = 0; i < n_samples * channels; i++) inst_std[i] = std::sqrt(inst_var[i] + eps);
   for (int64_t c = 0; c < channels; c++) {
     if (running_var) {
       batch_mean[c] = 0;
@@ -329,13 +449,10 @@ void b0_forward(const float* x, const float* weight, const float* bias, const fl
     }
     left[c] = std::sqrt(batch_var[c] + eps);
   }
-  for_rows(n_samples, rows, threads, channels, [&](int64_t n, int64_t offset) {
-    const float* sd = inst_std + n * channels;
-    for_channels(channels, [&](int64_t c, int64_t l) {
-      const V xv = load(x + offset + c, l);
-      const Denominator d = denominator(xv, load(v + c, l), load(sd + c, l), load(left.data() + c, l));
-      store(xv * d.inv * load(weight + c, l) + load(bias + c, l), y + offset + c, l);
-    });
+  for_elements(n_samples, rows, channels, nchw, threads, [&](int64_t i, int64_t l, const auto& at) {
+    const V xv = load(x + i, l);
+    const Denominator d = denominator(xv, at(v, false), at(inst_std, true), at(left.data(), false));
+    store(xv * d.inv * at(weight, false) + at(bias, false), y + i, l);
   });
 }
 
@@ -346,40 +463,29 @@ void b0_backward(const float* g, const float* x, const float* weight, const floa
                  const float* inst_mean, const float* inst_std, const float* batch_mean,
                  const float* batch_var, float* grad_x, float* grad_w, float* grad_b,
                  float* grad_v, int64_t n_samples, int64_t rows, int64_t channels, float eps,
-                 int training, int64_t tile, int threads) {
-  std::vector<float> sums(5 * n_samples * channels), k_inst(n_samples * channels),
-      left(channels), k_batch(channels);
-  float* const out[5] = {sums.data(), sums.data() + n_samples * channels,
-                         sums.data() + 2 * n_samples * channels,
-                         sums.data() + 3 * n_samples * channels,
-                         sums.data() + 4 * n_samples * channels};
+                 int training, int nchw, int64_t tile, int threads) {
+  const int64_t size = n_samples * channels;
+  std::vector<float> sums(5 * size), k_inst(size), left(channels), k_batch(channels);
+  float* const out[5] = {sums.data(), sums.data() + size, sums.data() + 2 * size,
+                         sums.data() + 3 * size, sums.data() + 4 * size};
   for (int64_t c = 0; c < channels; c++) left[c] = std::sqrt(batch_var[c] + eps);
-  reduce_per_sample(n_samples, rows, channels, tile, 5, out, threads,
-                    [&](int64_t n, int64_t p0, int64_t p1, float* acc) {
-    const float* sd = inst_std + n * channels;
-    for (int64_t p = p0; p < p1; p++) {
-      const int64_t offset = (n * rows + p) * channels;
-      for_channels(channels, [&](int64_t c, int64_t l) {
-        const V xv = load(x + offset + c, l), gv = load(g + offset + c, l);
-        const V w = load(weight + c, l), vv = load(v + c, l);
-        const Denominator d = denominator(xv, vv, load(sd + c, l), load(left.data() + c, l));
-        const V z = xv * d.inv;
-        const V q = gv * w * z * d.inv;
-        const V q_right = q & d.right_mask;
-        add_to(acc + c, gv, l);
-        add_to(acc + channels + c, gv * z, l);
-        add_to(acc + 2 * channels + c, q_right, l);
-        add_to(acc + 3 * channels + c, q_right * xv, l);
-        add_to(acc + 4 * channels + c, q - q_right, l);
-        const V gw = gv * w * d.inv;
-        store(gw - ((gw * xv * d.inv) & d.right_mask) * vv, grad_x + offset + c, l);
-      });
-    }
-  }, [&](int64_t n) {
-    for (int64_t c = 0; c < channels; c++) {
-      k_inst[n * channels + c] = -out[2][n * channels + c] / (inst_std[n * channels + c] * static_cast<float>(rows));
-    }
+  reduce_elements(n_samples, rows, channels, tile, 5, out, nchw, threads,
+                  [&](int64_t i, int64_t l, const auto& at, const auto& add) {
+    const V xv = load(x + i, l), gv = load(g + i, l);
+    const V w = at(weight, false), vv = at(v, false);
+    const Denominator d = denominator(xv, vv, at(inst_std, true), at(left.data(), false));
+    const V z = xv * d.inv;
+    const V q = gv * w * z * d.inv;
+    const V q_right = q & d.right_mask;
+    add(0, gv);
+    add(1, gv * z);
+    add(2, q_right);
+    add(3, q_right * xv);
+    add(4, q - q_right);
+    const V gw = gv * w * d.inv;
+    store(gw - ((gw * xv * d.inv) & d.right_mask) * vv, grad_x + i, l);
   });
+  for (int64_t i = 0; i < size; i++) k_inst[i] = -out[2][i] / (inst_std[i] * static_cast<float>(rows));
   for (int64_t c = 0; c < channels; c++) {
     grad_w[c] = sum_samples(out[1], n_samples, channels, c);
     grad_b[c] = sum_samples(out[0], n_samples, channels, c);
@@ -388,15 +494,10 @@ void b0_backward(const float* g, const float* x, const float* weight, const floa
                                 / (left[c] * static_cast<float>(n_samples * rows))
                           : 0.0f;
   }
-  for_rows(n_samples, rows, threads, channels, [&](int64_t n, int64_t offset) {
-    const float* ki = k_inst.data() + n * channels;
-    const float* mi = inst_mean + n * channels;
-    for_channels(channels, [&](int64_t c, int64_t l) {
-      float* out_x = grad_x + offset + c;
-      const V xv = load(x + offset + c, l);
-      store(load(out_x, l) + (load(ki + c, l) * (xv - load(mi + c, l))
-                              + load(k_batch.data() + c, l) * (xv - load(batch_mean + c, l))), out_x, l);
-    });
+  for_elements(n_samples, rows, channels, nchw, threads, [&](int64_t i, int64_t l, const auto& at) {
+    const V xv = load(x + i, l);
+    store(load(grad_x + i, l) + (at(k_inst.data(), true) * (xv - at(inst_mean, true))
+                                 + at(k_batch.data(), false) * (xv - at(batch_mean, false))), grad_x + i, l);
   });
 }
 
