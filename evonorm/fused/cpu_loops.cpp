@@ -95,13 +95,20 @@ inline V centred_term(const V& partial, const V& k, const V& xv, const V& mu) {
 // A vector of `lanes` lanes of v, the others 0 (a partial block's summand).
 inline V first_lanes(const V& v, int64_t lanes) { return lanes == kWidth ? v : V::set(V(0), v, lanes); }
 
-// Sum of the lanes, in lane order, in double.
+// Sum of the lanes in double (a fixed order: the same bits at any thread count).
 inline double lane_sum(const V& v) {
+#if defined(CPU_CAPABILITY_AVX512)
+  const __m512 f = v;
+  const __m512d low = _mm512_cvtps_pd(_mm512_castps512_ps256(f));
+  const __m512d high = _mm512_cvtps_pd(_mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(f), 1)));
+  return _mm512_reduce_add_pd(_mm512_add_pd(low, high));
+#else
   float lanes[kWidth];
   v.store(lanes);
   double total = 0;
   for (int64_t i = 0; i < kWidth; i++) total += lanes[i];
   return total;
+#endif
 }
 
 // Per-sample reduction driver: for each sample n (in parallel), `rows(n, p0, p1, tile_acc)` adds
