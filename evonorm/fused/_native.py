@@ -53,16 +53,17 @@ def _library():
             _state["library"] = library
         except Exception as error:  # no compiler, unsupported platform: the inductor path serves
             _state["failed"] = True
-            logger.warning("could not build %s (%s: %s); channels_last EvoNorm uses the inductor "
+            logger.warning("could not build %s (%s: %s); float32 EvoNorm on CPU uses the inductor "
                            "kernels", SOURCE.name, type(error).__name__, error)
     return _state["library"]
 
 
 def serves(x: Tensor, *others: Optional[Tensor]) -> bool:
-    """True when these loops compute a pass over channels_last ``x`` and ``others`` (None, or
-    float32: full-size ones laid out as ``x``, parameters contiguous)."""
+    """True when these loops compute a pass over ``x`` (float32, dense NCHW or channels_last(_3d),
+    not empty) and ``others`` (None, or float32: full-size ones laid out as ``x``, parameters
+    contiguous)."""
     others = [t for t in others if t is not None]
-    return (x.dtype == torch.float32 and x.dim() > 2 and _dense(x)
+    return (x.dtype == torch.float32 and x.dim() > 2 and x.numel() > 0 and _dense(x)
             and all(t.dtype == torch.float32 and (t.stride() == x.stride() if t.shape == x.shape
                                                   else t.is_contiguous()) for t in others)
             and _compile.compiling_enabled([x, *others], min_numel=0)  # built once, for any shape

@@ -168,7 +168,9 @@ void sample_moments(const float* xn, float* mean, float* var, int64_t rows, int6
         add_to(tile_m2 + c, d * d, l);
       });
     }
-    // Chan: delta = tile mean - mean; mean += delta k / total; m2 += tile m2 + delta^2 count k / total
+    // Chan: delta = tile mean - mean; mean += delta k / total; m2 += tile m2 + delta^2 count k / total.
+    // The first tile has no cross term: its delta^2 may overflow where the variance does not (a
+    // mean of 2e19), and inf * 0 would be NaN.
     const float total = static_cast<float>(count + k);
     const V w_tile(static_cast<float>(k) / total);
     const V w_cross(static_cast<float>(count) * static_cast<float>(k) / total);
@@ -176,7 +178,8 @@ void sample_moments(const float* xn, float* mean, float* var, int64_t rows, int6
       const V m = load(mean + c, l);
       const V delta = load(tile_sum + c, l) - m;
       store(m + delta * w_tile, mean + c, l);
-      store(load(var + c, l) + load(tile_m2 + c, l) + delta * delta * w_cross, var + c, l);
+      const V cross = count > 0 ? delta * delta * w_cross : V(0);
+      store(load(var + c, l) + load(tile_m2 + c, l) + cross, var + c, l);
     });
     count += k;
   }
@@ -225,7 +228,8 @@ void plane_moments(const float* xp, int64_t count, int64_t tile, float* mean, fl
     const float total = static_cast<float>(seen + k);
     const float delta = tile_mean - m;
     m += delta * (static_cast<float>(k) / total);
-    m2 += static_cast<float>(lane_sum(sq)) + delta * delta * (static_cast<float>(seen) * static_cast<float>(k) / total);
+    const float cross = seen > 0 ? delta * delta * (static_cast<float>(seen) * static_cast<float>(k) / total) : 0.0f;
+    m2 += static_cast<float>(lane_sum(sq)) + cross;  // no cross term on the first tile, as in sample_moments
     seen += k;
   }
   *mean = m;

@@ -98,6 +98,35 @@ def test_nan_and_inf_propagate_as_in_the_inductor_kernels(native, monkeypatch, v
 
 @pytest.mark.parametrize("layout", ["channels_last", "nchw"])
 @pytest.mark.parametrize("variant", ["S0", "B0"])
+def test_a_huge_constant_channel_has_zero_variance(native, monkeypatch, variant, layout):
+    """A channel at 2e19 in one sample: its square overflows float32, its variance is 0. The first
+    row tile (plane tile) must not add a cross term of inf * 0 = NaN; the inductor kernels give the
+    same outputs."""
+    shape = (2, 8, 5, 5)
+    x = rand(shape)
+    x[0, 0] = 2e19
+    x = x.to(memory_format=torch.channels_last if layout == "channels_last" else torch.contiguous_format)
+    layer, _ = make_pair(variant, shape, **({"groups": 4} if variant == "S0" else {}))
+    calls = served(monkeypatch)
+    with torch.no_grad():
+        got = layer(x)
+    assert calls == [f"{variant.lower()}_forward"]
+    inductor_only(monkeypatch)
+    with torch.no_grad():
+        want = layer(x)
+    assert not want.isnan().any()
+    torch.testing.assert_close(got, want, **TOL[torch.float32])
+
+
+@pytest.mark.parametrize("shape", [(2, 4, 0, 3), (0, 4, 3, 3), (2, 4, 0)])
+def test_empty_inputs_are_not_served(native, shape):
+    """An empty tensor's data pointer may be null: the loops never see one."""
+    assert not _native.serves(rand(shape))
+    assert not _native.serves(rand(shape, channels_last=len(shape) == 4))
+
+
+@pytest.mark.parametrize("layout", ["channels_last", "nchw"])
+@pytest.mark.parametrize("variant", ["S0", "B0"])
 def test_thread_count_changes_no_bit(native, variant, layout):
     """Reductions run per sample (per plane in NCHW) and cross-sample sums serially, in the same
     order at any count."""
