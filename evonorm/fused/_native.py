@@ -60,11 +60,13 @@ def _library():
 
 def serves(x: Tensor, *others: Optional[Tensor]) -> bool:
     """True when these loops compute a pass over ``x`` (float32, dense NCHW or channels_last(_3d),
-    not empty) and ``others`` (None, or float32: full-size ones laid out as ``x``, parameters
-    contiguous)."""
+    not empty) and ``others`` (None, or float32: full-size ones dense in ``x``'s memory order,
+    parameters contiguous). Memory order, not strides: a tensor dense in both layouts, such as
+    (N, C, 1, 1), may carry either layout's strides for the same addresses."""
     others = [t for t in others if t is not None]
+    order = memory_format(x)
     return (x.dtype == torch.float32 and x.dim() > 2 and x.numel() > 0 and _dense(x)
-            and all(t.dtype == torch.float32 and (t.stride() == x.stride() if t.shape == x.shape
+            and all(t.dtype == torch.float32 and (t.is_contiguous(memory_format=order) if t.shape == x.shape
                                                   else t.is_contiguous()) for t in others)
             and _compile.compiling_enabled([x, *others], min_numel=0)  # built once, for any shape
             and _library() is not None)

@@ -159,6 +159,23 @@ def test_serves_only_dense_float32(native, case):
     assert not _native.serves(x, *others)
 
 
+@pytest.mark.parametrize("variant", ["S0", "B0"])
+def test_a_tensor_dense_in_both_layouts_is_served_both_ways(native, monkeypatch, variant):
+    """(N, C, 1, 1) with channels_last strides (as after a global pool in a channels_last network)
+    and an output gradient with NCHW strides: the same addresses, so backward takes the loops too.
+    Against float64: with one value per instance, B0's sqrt(eps) instance std makes the float32
+    reference's own rounding larger than the tolerance."""
+    shape = (4, 16, 1, 1)
+    fast, ref = make_pair(variant, shape, **({"groups": 4} if variant == "S0" else {}))
+    x, grad_y = rand(shape).to(memory_format=torch.channels_last), rand(shape, seed=3)
+    assert x.stride() != grad_y.stride()
+    calls = served(monkeypatch)
+    got = step(fast, x, grad_y)
+    assert calls == [f"{variant.lower()}_forward", f"{variant.lower()}_backward"]
+    for a, b in zip(got, step(ref.double(), x.double(), grad_y.double())):
+        torch.testing.assert_close(a.double(), b, rtol=1e-5, atol=1e-6 * float(b.detach().abs().max()))
+
+
 def test_serves_inputs_too_small_for_inductor(native, monkeypatch):
     """The loops are built once for every shape, so they take the inputs under MIN_NUMEL as well,
     which would otherwise run the math eagerly, op by op."""
