@@ -65,15 +65,11 @@ def serves(x: Tensor, *others: Optional[Tensor]) -> bool:
     (N, C, 1, 1), may carry either layout's strides for the same addresses."""
     others = [t for t in others if t is not None]
     order = memory_format(x)
-    return (x.dtype == torch.float32 and x.dim() > 2 and x.numel() > 0 and _dense(x)
+    return (x.dtype == torch.float32 and x.dim() > 2 and x.numel() > 0 and x.is_contiguous(memory_format=order)
             and all(t.dtype == torch.float32 and (t.is_contiguous(memory_format=order) if t.shape == x.shape
                                                   else t.is_contiguous()) for t in others)
             and _compile.compiling_enabled([x, *others], min_numel=0)  # built once, for any shape
             and _library() is not None)
-
-
-def _dense(x: Tensor) -> bool:
-    return x.is_contiguous() or memory_format(x) != torch.contiguous_format
 
 
 def _sizes(x: Tensor) -> Tuple[int, int, int]:
